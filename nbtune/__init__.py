@@ -1,0 +1,38 @@
+"""nbtune: train or fine-tune small language models from a notebook.
+
+Importing nbtune is cheap on purpose (well under a second): torch,
+transformers, datasets, plotly and ipywidgets are imported only when a stage
+first needs them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from nbtune.config import CleanConfig, SplitConfig, TokenizerConfig
+from nbtune.errors import ConfigError, DataError, NbtuneError, StageOrderError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Session",
+    "CleanConfig",
+    "SplitConfig",
+    "TokenizerConfig",
+    "ConfigError",
+    "DataError",
+    "NbtuneError",
+    "StageOrderError",
+    "__version__",
+]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nbtune.session import Session
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Session":
+        from nbtune.session import Session
+
+        return Session
+    raise AttributeError(f"module 'nbtune' has no attribute {name!r}")
