@@ -1,0 +1,202 @@
+"""The tokens stage: text rows -> token ids and a loss mask per row.
+
+Two ways to get a tokenizer:
+
+* ``"bpe"``: train a byte-level BPE tokenizer (the `tokenizers` library) on the
+  training split only, so validation text never shapes the vocabulary. It gets
+  ChatML-style special tokens and a chat template, so chat data works for a
+  model trained from scratch too.
+* a local folder or hub id: a pretrained tokenizer via `AutoTokenizer`, with
+  `trust_remote_code` off unless the user turns it on.
+
+Every row becomes ``input_ids`` plus ``loss_mask`` (1 = the model learns to
+predict this token). Plain text rows end with EOS and are fully trained. Chat
+rows are rendered with the tokenizer's chat template; with response-only loss
+only the assistant's spans (including the end-of-turn token) are trained. The
+spans are found by rendering each conversation prefix with the template, so any
+template works, not only those that mark `{% generation %}` blocks.
+
+Packing into fixed-length sequences happens at training time; here we only
+measure how well it will work (packing efficiency, rows over the context).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from nbtune.config import TokenizerConfig
+from nbtune.errors import ConfigError
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass
+class Encoded:
+    """One tokenized row: ids, the loss mask, and character offsets into `text`."""
+
+    text: str
+    input_ids: list[int]
+    loss_mask: list[int]
+    offsets: list[tuple[int, int]]
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
+    """Train a byte-level BPE tokenizer on `texts` and wrap it for transformers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(texts, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|pad|>",
+        unk_token=None,
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    tokenizer.model_max_length = 1_000_000
+    return tokenizer
+
+
+def load_pretrained_tokenizer(name: str, *, trust_remote_code: bool = False) -> Any:
+    """Load a pretrained tokenizer from a folder or the hub, with an actionable error."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # transformers raises OSError, ValueError, HTTP errors...
+        raise ConfigError(
+            f"could not load the tokenizer {name!r}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+            column="tokenizer",
+            fix="pass a local folder that holds tokenizer.json / tokenizer_config.json, or a hub id while "
+            "online (HF_HUB_OFFLINE must not be set), or tokenizer='bpe' to train one on your data",
+        ) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def ensure_chat_template(tokenizer: Any) -> bool:
+    """Give a tokenizer without a chat template the ChatML one; return True if we had to."""
+    if getattr(tokenizer, "chat_template", None):
+        return False
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return True
+
+
+def document_text(row: dict[str, Any]) -> str:
+    """The text a row stands for: its `text`, or its messages' contents joined by newlines."""
+    if "text" in row:
+        return row["text"]
+    return "\n".join(m["content"] for m in row["messages"])
+
+
+def training_texts(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
+    """Texts to train a BPE tokenizer on (one per row)."""
+    for row in rows:
+        yield document_text(row)
+
+
+def encode_text(tokenizer: Any, text: str) -> Encoded:
+    """A plain-text row: all tokens trained, EOS appended as the document separator."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"]) + [tokenizer.eos_token_id]
+    offsets = [tuple(o) for o in enc["offset_mapping"]] + [(len(text), len(text))]
+    return Encoded(text, ids, [1] * len(ids), offsets)
+
+
+def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+    """Render a conversation and find the character spans of the assistant turns.
+
+    For each assistant turn i, the prefix `messages[:i]` rendered with a generation
+    prompt ends where the answer starts, and `messages[:i+1]` rendered ends where it
+    (and its end-of-turn marker) stops.
+    """
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        start = len(tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)) if i else 0
+        end = len(tokenizer.apply_chat_template(messages[: i + 1], tokenize=False))
+        spans.append((start, min(end, len(full))))
+    return full, spans
+
+
+def encode_chat(tokenizer: Any, messages: list[dict[str, str]], *, response_only: bool) -> Encoded:
+    """A chat row rendered with the chat template; prompt tokens masked when `response_only`."""
+    text, spans = assistant_spans(tokenizer, messages)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = [tuple(o) for o in enc["offset_mapping"]]
+    if not response_only:
+        mask = [1] * len(offsets)
+    else:
+        mask = [int(any(s < end and e > start for start, end in spans)) for s, e in offsets]
+    return Encoded(text, list(enc["input_ids"]), mask, offsets)
+
+
+def encode_row(tokenizer: Any, row: dict[str, Any], *, response_only: bool) -> Encoded:
+    if "text" in row:
+        return encode_text(tokenizer, row["text"])
+    return encode_chat(tokenizer, row["messages"], response_only=response_only)
+
+
+def encode_batch(batch: dict[str, list], tokenizer: Any, config: TokenizerConfig) -> dict[str, list]:
+    """`Dataset.map` function: adds input_ids, loss_mask, n_tokens and truncated.
+
+    Plain text longer than the context is kept whole when packing (it is split
+    across sequences, nothing lost); otherwise, and for chat rows, it is cut.
+    """
+    if "text" in batch:
+        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+        encoded = [(list(row) + [tokenizer.eos_token_id], None) for row in ids]
+        splittable = config.pack
+    else:
+        chats = (encode_chat(tokenizer, m, response_only=config.response_only_loss) for m in batch["messages"])
+        encoded = [(enc.input_ids, enc.loss_mask) for enc in chats]
+        splittable = False
+    out: dict[str, list] = {"input_ids": [], "loss_mask": [], "n_tokens": [], "truncated": []}
+    ctx = config.context_length
+    for row_ids, mask in encoded:
+        mask = mask if mask is not None else [1] * len(row_ids)
+        n = len(row_ids)
+        cut = n > ctx and not splittable
+        out["input_ids"].append(row_ids[:ctx] if cut else row_ids)
+        out["loss_mask"].append(mask[:ctx] if cut else mask)
+        out["n_tokens"].append(n)
+        out["truncated"].append(cut)
+    return out
+
+
+def packing_efficiency(lengths: np.ndarray, context_length: int) -> dict[str, float]:
+    """Share of sequence slots holding real tokens, packed vs one row per padded sequence."""
+    kept = np.minimum(lengths, context_length)
+    total = float(lengths.sum())
+    if total == 0:
+        return {"packed": 0.0, "padded_to_context": 0.0, "sequences_packed": 0}
+    sequences = int(np.ceil(total / context_length))
+    return {
+        "packed": total / (sequences * context_length),
+        "padded_to_context": float(kept.sum()) / (len(lengths) * context_length),
+        "sequences_packed": sequences,
+    }

@@ -1,0 +1,508 @@
+"""The Session: one object that holds everything a user did, stage by stage.
+
+    s = Session("my-run")          # a workdir; everything is saved there
+    s.load("notes/*.md")           # -> LoadReport
+    s.preview_clean(mask_pii=True) # -> CleanReport on a sample, nothing changes
+    s.clean(mask_pii=True)         # -> CleanReport, applied to all rows
+    s.tokenize(vocab_size=8000)    # -> TokenReport
+    s2 = Session.open("my-run")    # after a kernel restart: the same state
+
+Rules every stage method follows:
+
+* it computes into local variables and changes the Session only at the very
+  end, so an error leaves the Session exactly as it was before the call;
+* it never modifies the user's files; results go to the workdir, written
+  atomically, and the state is saved after each stage (`autosave`);
+* it returns a report object (plain-text `repr`, HTML in notebooks).
+
+A new load resets what depended on the old data (cleaned rows, tokens) but
+keeps the cleaning recipe and tokenizer settings, so they can be replayed on
+new data with `clean()` / `tokenize()` and no arguments.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nbtune.config import CleanConfig, SplitConfig, TokenizerConfig
+from nbtune.errors import ConfigError, DataError, StageOrderError
+from nbtune.storage import atomic_replace_dir, atomic_write_json
+from nbtune.viz.data_reports import (
+    CleanReport,
+    LoadReport,
+    MessageReport,
+    ProblemInfo,
+    SplitReport,
+    StepRow,
+    TokenReport,
+)
+
+STATE_FILE = "session.json"
+STATE_VERSION = 1
+
+
+def _now() -> str:
+    return _dt.datetime.now().isoformat(timespec="seconds")
+
+
+def _config(cls: type, config: Any, overrides: dict[str, Any], stored: dict | None = None) -> Any:
+    """Merge a config object or stored dict with keyword overrides, then validate."""
+    if config is not None and not isinstance(config, cls):
+        raise ConfigError(f"expected a {cls.__name__}, got {type(config).__name__}",
+                          fix=f"pass nbtune.{cls.__name__}(...) or keyword arguments")
+    base = config or (cls.from_dict(stored) if stored else cls())
+    merged = base.replace(**overrides)
+    merged.validate()
+    return merged
+
+
+def _row_text(row: dict[str, Any]) -> str:
+    """One line of readable text for a row (chat rows as 'role: content' lines)."""
+    if "text" in row:
+        return row["text"]
+    return "\n".join(f"{m['role']}: {m['content']}" for m in row["messages"])
+
+
+def _doc_texts(dataset: Any) -> list[str]:
+    from nbtune.data.tokens import document_text
+
+    column = "text" if "text" in dataset.column_names else "messages"
+    return [document_text({column: value}) for value in dataset[column]]
+
+
+class Session:
+    """The state of one notebook project: data, cleaning, tokens (and later models and runs)."""
+
+    def __init__(self, workdir: str | Path = "nbtune_workdir", *, autosave: bool = True) -> None:
+        self.workdir = Path(workdir).expanduser().resolve()
+        self.autosave = autosave
+        self.created = _now()
+        self.sources: list[dict[str, Any]] = []
+        self.format: str | None = None
+        self.format_reason = ""
+        self.mapping: dict[str, str] = {}
+        self.columns: list[str] = []
+        self.split_config = SplitConfig()
+        self.clean_config: CleanConfig | None = None
+        self.clean_applied = False
+        self.tokenizer_config: TokenizerConfig | None = None
+        self.runs: list[dict[str, Any]] = []
+        self.reports: dict[str, Any] = {}
+        self._loaded: Any = None  # datasets.Dataset, canonical schema
+        self._cleaned: Any = None
+        self._tokenizer: Any = None
+        self._tokens: Any = None  # datasets.DatasetDict(train, validation)
+        self._problems: list[ProblemInfo] = []
+
+    # ------------------------------------------------------------------ state
+    @property
+    def raw_dataset(self) -> Any:
+        """The data as loaded (never changed by cleaning)."""
+        return self._loaded
+
+    @property
+    def dataset(self) -> Any:
+        """The current data: cleaned if cleaning was applied, else as loaded."""
+        return self._cleaned if self._cleaned is not None else self._loaded
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    @property
+    def tokens(self) -> Any:
+        """A DatasetDict (train, validation) of input_ids and loss_mask, after `tokenize()`."""
+        return self._tokens
+
+    def _require_data(self, stage: str) -> Any:
+        if self._loaded is None:
+            raise StageOrderError(f"{stage}() needs data: call s.load(path_or_data) or s.load_example('kjv') first")
+        return self.dataset
+
+    def _validation_ids(self, n_loaded: int, config: SplitConfig) -> np.ndarray:
+        """Row ids held out for validation: a seeded permutation of all loaded row ids.
+
+        The split is defined on row ids of the loaded data, so cleaning removes rows
+        from either side but never moves a row from one side to the other.
+        """
+        n_val = int(round(n_loaded * config.validation_fraction))
+        if config.validation_fraction > 0 and n_loaded >= 2:
+            n_val = min(max(n_val, 1), n_loaded - 1)
+        perm = np.random.default_rng(config.seed).permutation(n_loaded)
+        return np.sort(perm[:n_val])
+
+    def _split(self, dataset: Any, n_loaded: int, config: SplitConfig) -> tuple[Any, Any]:
+        val_ids = self._validation_ids(n_loaded, config)
+        row_ids = np.asarray(dataset["row_id"])
+        is_val = np.isin(row_ids, val_ids)
+        return dataset.select(np.flatnonzero(~is_val)), dataset.select(np.flatnonzero(is_val))
+
+    @property
+    def train(self) -> Any:
+        return self._split(self._require_data("train"), len(self._loaded), self.split_config)[0]
+
+    @property
+    def validation(self) -> Any:
+        return self._split(self._require_data("validation"), len(self._loaded), self.split_config)[1]
+
+    # ------------------------------------------------------------------- load
+    def load(self, source: Any, *, text_column: str | None = None, format: str | None = None,
+             mapping: dict[str, str] | None = None, split: str | None = None, file_type: str | None = None,
+             append: bool = False, validation_fraction: float | None = None, seed: int | None = None) -> LoadReport:
+        """Load text from a path, glob, folder, DataFrame, list, `datasets` object or hub id.
+
+        The format (plain text, instruction, prompt/completion, chat) is detected
+        and reported; `text_column=`, `format=` and `mapping=` override it.
+        `append=True` adds the rows to the data already loaded (same format).
+        """
+        from nbtune.data.load import load_source
+
+        started = time.perf_counter()
+        loaded = load_source(source, text_column=text_column, format=format, mapping=mapping,
+                             split=split, file_type=file_type)
+        return self._accept_load(loaded, loaded.origin, append, validation_fraction, seed, started)
+
+    def load_example(self, name: str = "kjv", **kwargs: Any) -> LoadReport:
+        """Load embedded example data that works offline: 'kjv' (plain text) or 'dialogs' (chat)."""
+        from nbtune.data.examples import example_source
+        from nbtune.data.load import load_source
+
+        started = time.perf_counter()
+        source, load_kwargs = example_source(name)
+        append = kwargs.pop("append", False)
+        fraction, seed = kwargs.pop("validation_fraction", None), kwargs.pop("seed", None)
+        loaded = load_source(source, **{**load_kwargs, **kwargs})
+        return self._accept_load(loaded, {"kind": "example", "name": name}, append, fraction, seed, started)
+
+    def _accept_load(self, loaded: Any, origin: dict, append: bool, fraction: float | None,
+                     seed: int | None, started: float) -> LoadReport:
+        from datasets import concatenate_datasets
+
+        overrides = {k: v for k, v in (("validation_fraction", fraction), ("seed", seed)) if v is not None}
+        split_config = _config(SplitConfig, self.split_config, overrides)
+        dataset = loaded.dataset
+        if append and self._loaded is not None:
+            if loaded.format != self.format and {loaded.format, self.format} & {"text"}:
+                raise DataError(f"cannot append {loaded.format} data to {self.format} data",
+                                fix="load it into a new Session, or convert it to the same format first")
+            offset = len(self._loaded)
+            dataset = dataset.map(lambda b: {"row_id": [r + offset for r in b["row_id"]]}, batched=True)
+            dataset = concatenate_datasets([self._loaded, dataset.cast(self._loaded.features)])
+        sources = ([*self.sources] if append and self._loaded is not None else []) + [
+            {"origin": origin, "format": loaded.format, "mapping": loaded.mapping, "rows": len(loaded.dataset),
+             "files": loaded.files[:50], "loaded_at": _now()}]
+        problems = [ProblemInfo(p.kind, p.count, list(p.examples), p.message) for p in self._find_problems(loaded)]
+        report = self._load_report(dataset, loaded, origin, problems, split_config, time.perf_counter() - started)
+        # commit: nothing above touched self
+        self._loaded, self._cleaned, self._tokens = dataset, None, None
+        self.clean_applied = False
+        self.sources, self.split_config = sources, split_config
+        self.format, self.format_reason, self.mapping = loaded.format, loaded.format_reason, loaded.mapping
+        self.columns, self._problems = loaded.columns, problems
+        self.reports = {"load": report}
+        self._autosave(data=("loaded",))
+        return report
+
+    @staticmethod
+    def _find_problems(loaded: Any) -> list[Any]:
+        from nbtune.data.load import find_problems
+
+        return find_problems(loaded)
+
+    def _load_report(self, dataset: Any, loaded: Any, origin: dict, problems: list[ProblemInfo],
+                     split_config: SplitConfig, seconds: float) -> LoadReport:
+        texts = _doc_texts(dataset)
+        train, val = self._split(dataset, len(dataset), split_config)
+        sample_rows = dataset.select(range(min(5, len(dataset))))
+        sample = [(row["row_id"], _row_text(row)) for row in sample_rows]
+        return LoadReport(
+            source=_describe_origin(origin), format=loaded.format, format_reason=loaded.format_reason,
+            mapping=loaded.mapping, columns=loaded.columns, rows=len(dataset), train_rows=len(train),
+            validation_rows=len(val), sample=sample, char_lengths=[len(t) for t in texts],
+            word_lengths=[len(t.split()) for t in texts], problems=problems, seconds=seconds)
+
+    def split(self, validation_fraction: float | None = None, seed: int | None = None) -> SplitReport:
+        """Change the train/validation split (seeded, stable under cleaning); tokens must be redone."""
+        self._require_data("split")
+        overrides = {k: v for k, v in (("validation_fraction", validation_fraction), ("seed", seed)) if v is not None}
+        config = _config(SplitConfig, self.split_config, overrides)
+        train, val = self._split(self.dataset, len(self._loaded), config)
+        changed = config != self.split_config
+        self.split_config = config
+        if changed:
+            self._tokens = None
+        report = SplitReport(config.validation_fraction, config.seed, len(train), len(val))
+        self.reports["split"] = report
+        self._autosave()
+        return report
+
+    # ------------------------------------------------------------------ clean
+    def preview_clean(self, config: CleanConfig | None = None, *, sample_size: int = 2000,
+                      **overrides: Any) -> CleanReport:
+        """Show what cleaning would do, on a seeded sample; changes nothing."""
+        from nbtune.data import clean
+
+        recipe = _config(CleanConfig, config, overrides, self._stored_clean())
+        result = clean.preview(self._loaded_or_raise("preview_clean"), recipe, sample_size=sample_size,
+                               seed=self.split_config.seed)
+        report = _clean_report(result, applied=False)
+        self.reports["clean_preview"] = report
+        return report
+
+    def clean(self, config: CleanConfig | None = None, **overrides: Any) -> CleanReport:
+        """Apply the cleaning recipe to all loaded rows (the loaded data stays untouched).
+
+        With no arguments it replays the stored recipe (or the defaults). Cleaning
+        always starts from the loaded data, so calling it twice does not clean twice.
+        """
+        from nbtune.data import clean
+
+        recipe = _config(CleanConfig, config, overrides, self._stored_clean())
+        result = clean.apply(self._loaded_or_raise("clean"), recipe)
+        train, val = self._split(result.dataset, len(self._loaded), self.split_config)
+        report = _clean_report(result, applied=True, train_rows=len(train), validation_rows=len(val))
+        self._cleaned, self._tokens = result.dataset, None
+        self.clean_config, self.clean_applied = recipe, True
+        self.reports["clean"] = report
+        self._autosave(data=("cleaned",))
+        return report
+
+    def undo_clean(self) -> MessageReport:
+        """Go back to the loaded rows; the recipe is kept so `clean()` can replay it."""
+        self._loaded_or_raise("undo_clean")
+        self._cleaned, self._tokens, self.clean_applied = None, None, False
+        self.reports.pop("clean", None)
+        self._autosave()
+        return MessageReport("Cleaning undone", [("rows", f"{len(self._loaded):,} (as loaded)"),
+                                                  ("recipe kept", "call s.clean() to apply it again")])
+
+    def _stored_clean(self) -> dict | None:
+        return self.clean_config.to_dict() if self.clean_config else None
+
+    def _loaded_or_raise(self, stage: str) -> Any:
+        self._require_data(stage)
+        return self._loaded
+
+    # ----------------------------------------------------------------- tokens
+    def tokenize(self, config: TokenizerConfig | None = None, **overrides: Any) -> TokenReport:
+        """Turn the current rows into token ids and loss masks, with a new or a pretrained tokenizer."""
+        from datasets import DatasetDict
+
+        from nbtune.data import tokens as tk
+
+        started = time.perf_counter()
+        settings = _config(TokenizerConfig, config, overrides,
+                           self.tokenizer_config.to_dict() if self.tokenizer_config else None)
+        train, val = self._split(self._require_data("tokenize"), len(self._loaded), self.split_config)
+        if len(train) == 0:
+            raise DataError("the training split is empty", fix="load more rows or lower validation_fraction")
+        tokenizer, name = self._make_tokenizer(settings, train)
+        template_added = tk.ensure_chat_template(tokenizer) if self.format != "text" else False
+        tokenized = DatasetDict({
+            name_: part.map(tk.encode_batch, batched=True, batch_size=256,
+                            fn_kwargs={"tokenizer": tokenizer, "config": settings}, desc=f"tokenizing {name_}")
+            for name_, part in (("train", train), ("validation", val))})
+        report = _token_report(tokenized, tokenizer, name, settings, self.format or "text", template_added,
+                               time.perf_counter() - started)
+        self._tokenizer, self._tokens, self.tokenizer_config = tokenizer, tokenized, settings
+        self.reports["tokens"] = report
+        self._autosave(data=("tokenizer", "tokens"))
+        return report
+
+    def _make_tokenizer(self, settings: TokenizerConfig, train: Any) -> tuple[Any, str]:
+        from nbtune.data import tokens as tk
+
+        if settings.tokenizer == "bpe":
+            texts = tk.training_texts(train)
+            tokenizer = tk.train_bpe_tokenizer(texts, settings.vocab_size)
+            return tokenizer, f"new byte-level BPE, trained on {len(train):,} training rows"
+        tokenizer = tk.load_pretrained_tokenizer(settings.tokenizer, trust_remote_code=settings.trust_remote_code)
+        return tokenizer, f"pretrained: {settings.tokenizer}"
+
+    # ------------------------------------------------------------ persistence
+    def state(self) -> dict[str, Any]:
+        """Everything needed to restore this Session (JSON-serialisable)."""
+        return {
+            "version": STATE_VERSION,
+            "created": self.created,
+            "saved": _now(),
+            "sources": self.sources,
+            "format": self.format,
+            "format_reason": self.format_reason,
+            "mapping": self.mapping,
+            "columns": self.columns,
+            "problems": [p.__dict__ for p in self._problems],
+            "split": self.split_config.to_dict(),
+            "clean": {"recipe": self._stored_clean(), "applied": self.clean_applied},
+            "tokens": {"config": self.tokenizer_config.to_dict() if self.tokenizer_config else None,
+                       "done": self._tokens is not None},
+            "runs": self.runs,
+        }
+
+    def save(self, *, data: tuple[str, ...] = ("loaded", "cleaned", "tokenizer", "tokens")) -> Path:
+        """Write the state (and the named data) into the workdir, atomically. Returns the state file."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        writers = {
+            "loaded": (self._loaded, lambda tmp: self._loaded.save_to_disk(str(tmp))),
+            "cleaned": (self._cleaned, lambda tmp: self._cleaned.save_to_disk(str(tmp))),
+            "tokenizer": (self._tokenizer, lambda tmp: self._tokenizer.save_pretrained(str(tmp))),
+            "tokens": (self._tokens, lambda tmp: self._tokens.save_to_disk(str(tmp))),
+        }
+        for name in data:
+            value, write = writers[name]
+            target = self._data_dir(name)
+            if value is None:
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                atomic_replace_dir(write, target)
+        return atomic_write_json(self.workdir / STATE_FILE, self.state())
+
+    def _autosave(self, data: tuple[str, ...] = ()) -> None:
+        stale = tuple(n for n in ("cleaned", "tokenizer", "tokens") if n not in data)
+        if self.autosave:
+            self.save(data=data + tuple(n for n in stale if self._stale_on_disk(n)))
+
+    def _stale_on_disk(self, name: str) -> bool:
+        """True when data for `name` is on disk but no longer in memory (so it must go)."""
+        in_memory = {"cleaned": self._cleaned, "tokenizer": self._tokenizer, "tokens": self._tokens}[name]
+        return in_memory is None and self._data_dir(name).exists()
+
+    def _data_dir(self, name: str) -> Path:
+        return self.workdir / ("tokenizer" if name == "tokenizer" else f"data/{name}")
+
+    @classmethod
+    def open(cls, workdir: str | Path, *, autosave: bool = True) -> Session:
+        """Reopen a saved Session (e.g. after a kernel restart) with all its data and settings."""
+        path = Path(workdir).expanduser().resolve() / STATE_FILE
+        if not path.exists():
+            raise DataError("no saved nbtune session here", path=path.parent,
+                            fix="check the folder name, or create one with nbtune.Session(workdir)")
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"the session file is not valid JSON: {exc.msg}", path=path, line=exc.lineno,
+                            column=exc.colno, fix="restore it from a backup; nbtune writes it atomically, so "
+                            "this usually means it was edited by hand") from None
+        session = cls(path.parent, autosave=autosave)
+        session._restore(state)
+        return session
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        from datasets import load_from_disk
+
+        self.created = state.get("created", self.created)
+        self.sources = state.get("sources", [])
+        self.format, self.format_reason = state.get("format"), state.get("format_reason", "")
+        self.mapping, self.columns = state.get("mapping", {}), state.get("columns", [])
+        self._problems = [ProblemInfo(**p) for p in state.get("problems", [])]
+        self.split_config = SplitConfig.from_dict(state.get("split", {}))
+        recipe = state.get("clean", {}).get("recipe")
+        self.clean_config = CleanConfig.from_dict(recipe) if recipe else None
+        token_config = state.get("tokens", {}).get("config")
+        self.tokenizer_config = TokenizerConfig.from_dict(token_config) if token_config else None
+        self.runs = state.get("runs", [])
+        for name, attr in (("loaded", "_loaded"), ("cleaned", "_cleaned"), ("tokens", "_tokens")):
+            folder = self._data_dir(name)
+            if folder.exists():
+                setattr(self, attr, load_from_disk(str(folder)))
+        self.clean_applied = self._cleaned is not None
+        if self._data_dir("tokenizer").exists():
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self._data_dir("tokenizer")))
+
+    # ---------------------------------------------------------------- display
+    def stages(self) -> list[tuple[str, str]]:
+        """(stage, status) pairs: where this Session stands."""
+        rows = len(self._loaded) if self._loaded is not None else 0
+        current = len(self.dataset) if self._loaded is not None else 0
+        return [
+            ("data", f"{rows:,} rows, {self.format}, from {', '.join(_describe_origin(s['origin']) for s in self.sources)}"
+             if self._loaded is not None else "nothing loaded"),
+            ("clean", f"applied: {current:,} rows left" if self.clean_applied else
+             ("recipe set, not applied" if self.clean_config else "not cleaned")),
+            ("tokens", f"{sum(len(p) for p in self._tokens.values()):,} rows tokenized"
+             if self._tokens is not None else "not tokenized"),
+        ]
+
+    def __repr__(self) -> str:
+        lines = [f"Session({str(self.workdir)!r})"] + [f"  {k}: {v}" for k, v in self.stages()]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        from nbtune.viz.html import STYLE, esc, key_values
+
+        return f'{STYLE}<div class="nbt"><h3>nbtune Session · {esc(self.workdir)}</h3>{key_values(self.stages())}</div>'
+
+    def report(self, path: str | Path | None = None, *, title: str | None = None) -> Path:
+        """Write every stage's latest report into one self-contained HTML file; return its path."""
+        from nbtune.viz.report import write_html_report
+
+        target = Path(path) if path is not None else self.workdir / "report.html"
+        order = [("load", "1. Data"), ("split", "Split"), ("clean_preview", "2. Cleaning preview"),
+                 ("clean", "2. Cleaning"), ("tokens", "3. Tokens")]
+        sections = [(heading, self.reports[key]) for key, heading in order if key in self.reports]
+        if not sections:
+            raise StageOrderError("nothing to report yet: load some data first (s.load(...) or s.load_example())")
+        return write_html_report(target, title or f"nbtune report · {self.workdir.name}", sections)
+
+
+def _describe_origin(origin: dict[str, Any]) -> str:
+    kind = origin.get("kind", "?")
+    if kind == "example":
+        return f"embedded example '{origin.get('name')}'"
+    for key in ("path", "pattern", "id", "description"):
+        if origin.get(key):
+            return f"{kind} {origin[key]}"
+    return str(kind)
+
+
+def _clean_report(result: Any, *, applied: bool, train_rows: int | None = None,
+                  validation_rows: int | None = None) -> CleanReport:
+    steps = [StepRow(s.name, s.kind, s.changed, s.removed, list(s.changed_examples), list(s.removed_examples))
+             for s in result.steps]
+    return CleanReport(applied=applied, rows_before=result.rows_before, rows_after=result.rows_after, steps=steps,
+                       lengths_before=list(result.lengths_before), lengths_after=list(result.lengths_after),
+                       seconds=result.seconds, train_rows=train_rows, validation_rows=validation_rows)
+
+
+def _token_report(tokenized: Any, tokenizer: Any, name: str, settings: TokenizerConfig, data_format: str,
+                  template_added: bool, seconds: float) -> TokenReport:
+    from nbtune.data import tokens as tk
+
+    train = tokenized["train"]
+    lengths = np.asarray(train["n_tokens"] + tokenized["validation"]["n_tokens"], dtype=np.int64)
+    masks = train["loss_mask"]
+    trained = sum(int(sum(m)) for m in masks)
+    total_train = sum(len(m) for m in masks)
+    chars = sum(len(t) for t in _doc_texts(train))
+    over = int((lengths > settings.context_length).sum())
+    splittable = data_format == "text" and settings.pack
+    action = "split across packed sequences (nothing lost)" if splittable else "truncated to the context length"
+    if data_format == "text":
+        note = "plain text: every document ends with EOS"
+    elif template_added:
+        note = "the tokenizer had no chat template; using a ChatML-style template"
+    else:
+        note = "the tokenizer's own chat template"
+    example: list[tuple[str, bool]] = []
+    if len(train):
+        first = train[0]
+        row = {"text": first["text"]} if "text" in first else {"messages": first["messages"]}
+        enc = tk.encode_row(tokenizer, row, response_only=settings.response_only_loss)
+        example = [(enc.text[s:e] if e > s else tokenizer.convert_ids_to_tokens(i), bool(m))
+                   for (s, e), i, m in zip(enc.offsets, enc.input_ids, enc.loss_mask, strict=True)][:400]
+    return TokenReport(
+        tokenizer=name, vocab_size=len(tokenizer), context_length=settings.context_length, format=data_format,
+        rows=len(lengths), train_tokens=int(total_train), validation_tokens=int(sum(tokenized["validation"]["n_tokens"])),
+        token_lengths=lengths.tolist(), over_context=over, over_context_action=action,
+        packing=tk.packing_efficiency(lengths, settings.context_length), chars_per_token=chars / max(total_train, 1),
+        trained_token_share=trained / max(total_train, 1), response_only=settings.response_only_loss,
+        template_note=note, example=example, seconds=seconds)

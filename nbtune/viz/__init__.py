@@ -1,0 +1,1 @@
+"""Pictures of what happened: pure chart builders, report objects and the HTML report file."""

@@ -1,0 +1,90 @@
+"""Report objects and the self-contained HTML report file.
+
+Every Session stage returns a `Report`: `repr()` gives a short plain-text
+summary for scripts and logs, `_repr_html_()` gives the full HTML (used by the
+HTML report file and the widget app), and in a notebook `_ipython_display_`
+shows the HTML part followed by interactive plotly charts through plotly's own
+renderer (which works in JupyterLab, Colab and VS Code alike).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from nbtune.storage import atomic_write_text
+from nbtune.viz.html import STYLE, esc, figure_html, key_values
+
+
+class Report:
+    """Base class: subclasses fill `title`, `summary()`, `body_html()` and `figures()`."""
+
+    title = "Report"
+
+    def summary(self) -> list[tuple[str, Any]]:
+        """Label/value pairs: the short version, shown first everywhere."""
+        return []
+
+    def body_html(self) -> str:
+        """Safe HTML for everything but the charts (tables, examples, problems)."""
+        return ""
+
+    def figures(self) -> list[Any]:
+        """Plotly figures, in display order."""
+        return []
+
+    def __repr__(self) -> str:
+        lines = [f"{self.title}:"]
+        lines += [f"  {label}: {value}" for label, value in self.summary()]
+        return "\n".join(lines)
+
+    def _html_without_figures(self) -> str:
+        return f'<div class="nbt"><h3>{esc(self.title)}</h3>{key_values(self.summary())}{self.body_html()}</div>'
+
+    def _repr_html_(self) -> str:
+        charts = "".join(figure_html(fig) for fig in self.figures())
+        return STYLE + self._html_without_figures() + charts
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import HTML, display
+
+        display(HTML(STYLE + self._html_without_figures()))
+        for fig in self.figures():
+            display(fig)
+
+
+def _plotly_js() -> str:
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs()
+
+
+def write_html_report(path: str | os.PathLike, title: str, reports: Iterable[tuple[str, Report]]) -> Path:
+    """Write one self-contained HTML file (plotly.js embedded, works offline); return its path.
+
+    `reports` are (section heading, report) pairs. The file is written to a
+    temporary name and renamed, so a crash never leaves half a report behind.
+    """
+    target = Path(path).expanduser().resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{esc(title)}</title>",
+        f"<script type='text/javascript'>{_plotly_js()}</script>",
+        STYLE,
+        "<style>body{margin:24px auto;max-width:1150px} h2{font-family:system-ui;border-bottom:1px solid #d0d7de;"
+        "padding-bottom:4px;margin-top:32px}</style></head><body>",
+        f"<h1 style='font-family:system-ui'>{esc(title)}</h1>",
+        f"<p class='nbt muted'>Written by nbtune on {esc(stamp)}.</p>",
+    ]
+    for heading, report in reports:
+        parts.append(f"<h2>{esc(heading)}</h2>")
+        parts.append(report._html_without_figures())
+        parts.extend(figure_html(fig) for fig in report.figures())
+    parts.append("</body></html>")
+    atomic_write_text(target, "\n".join(parts))
+    return target
