@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -54,7 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", type=Path, default=None, help="report path (default: WORKDIR/report.html)")
     run.add_argument("--quick", action="store_true", help="smaller settings (used by the tests)")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
     path = demo(args.workdir.resolve(), args.out, args.quick)
     print(f"Report written to {path}  ({time.perf_counter() - started:.1f} s in all)")

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from nbtune.config import CleanConfig, SplitConfig, TokenizerConfig
+from nbtune.data import column
 from nbtune.errors import ConfigError, DataError, StageOrderError
 from nbtune.storage import atomic_replace_dir, atomic_write_json
 from nbtune.viz.data_reports import (
@@ -73,8 +74,8 @@ def _row_text(row: dict[str, Any]) -> str:
 def _doc_texts(dataset: Any) -> list[str]:
     from nbtune.data.tokens import document_text
 
-    column = "text" if "text" in dataset.column_names else "messages"
-    return [document_text({column: value}) for value in dataset[column]]
+    name = "text" if "text" in dataset.column_names else "messages"
+    return [document_text({name: value}) for value in column(dataset, name)]
 
 
 class Session:
@@ -140,7 +141,7 @@ class Session:
 
     def _split(self, dataset: Any, n_loaded: int, config: SplitConfig) -> tuple[Any, Any]:
         val_ids = self._validation_ids(n_loaded, config)
-        row_ids = np.asarray(dataset["row_id"])
+        row_ids = np.asarray(column(dataset, "row_id"), dtype=np.int64)
         is_val = np.isin(row_ids, val_ids)
         return dataset.select(np.flatnonzero(~is_val)), dataset.select(np.flatnonzero(is_val))
 
@@ -357,6 +358,7 @@ class Session:
         }
         for name in data:
             value, write = writers[name]
+            write = _quietly(write)
             target = self._data_dir(name)
             if value is None:
                 shutil.rmtree(target, ignore_errors=True)
@@ -454,6 +456,23 @@ class Session:
         return write_html_report(target, title or f"nbtune report · {self.workdir.name}", sections)
 
 
+def _quietly(write: Any) -> Any:
+    """Run a datasets write without its progress bar (the stage report already says what happened)."""
+
+    def run(tmp: Path) -> None:
+        import datasets
+
+        was_enabled = not datasets.are_progress_bars_disabled()
+        datasets.disable_progress_bars()
+        try:
+            write(tmp)
+        finally:
+            if was_enabled:
+                datasets.enable_progress_bars()
+
+    return run
+
+
 def _describe_origin(origin: dict[str, Any]) -> str:
     kind = origin.get("kind", "?")
     if kind == "example":
@@ -477,11 +496,11 @@ def _token_report(tokenized: Any, tokenizer: Any, name: str, settings: Tokenizer
                   template_added: bool, seconds: float) -> TokenReport:
     from nbtune.data import tokens as tk
 
-    train = tokenized["train"]
-    lengths = np.asarray(train["n_tokens"] + tokenized["validation"]["n_tokens"], dtype=np.int64)
-    masks = train["loss_mask"]
-    trained = sum(int(sum(m)) for m in masks)
-    total_train = sum(len(m) for m in masks)
+    train, val = tokenized["train"], tokenized["validation"]
+    lengths = np.asarray(column(train, "n_tokens") + column(val, "n_tokens"), dtype=np.int64)
+    kept = np.minimum(lengths, settings.context_length) if not (data_format == "text" and settings.pack) else lengths
+    total_train = int(kept[: len(train)].sum())
+    trained = int(np.sum(column(train, "n_trained")))
     chars = sum(len(t) for t in _doc_texts(train))
     over = int((lengths > settings.context_length).sum())
     splittable = data_format == "text" and settings.pack
@@ -501,7 +520,7 @@ def _token_report(tokenized: Any, tokenizer: Any, name: str, settings: Tokenizer
                    for (s, e), i, m in zip(enc.offsets, enc.input_ids, enc.loss_mask, strict=True)][:400]
     return TokenReport(
         tokenizer=name, vocab_size=len(tokenizer), context_length=settings.context_length, format=data_format,
-        rows=len(lengths), train_tokens=int(total_train), validation_tokens=int(sum(tokenized["validation"]["n_tokens"])),
+        rows=len(lengths), train_tokens=total_train, validation_tokens=int(kept[len(train):].sum()),
         token_lengths=lengths.tolist(), over_context=over, over_context_action=action,
         packing=tk.packing_efficiency(lengths, settings.context_length), chars_per_token=chars / max(total_train, 1),
         trained_token_share=trained / max(total_train, 1), response_only=settings.response_only_loss,

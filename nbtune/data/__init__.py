@@ -14,3 +14,12 @@ A loaded dataset is a `datasets.Dataset` with
   prompt/completion rows ``[user: prompt, assistant: completion]``; the detected
   format is kept by the Session, so reports still say what was found.
 """
+
+
+def column(dataset, name: str) -> list:
+    """All values of one column as a Python list, fast.
+
+    In datasets 5, `dataset[name]` is a lazy Column whose iteration formats one
+    row at a time (~30 µs each); reading the Arrow column directly is ~100x faster.
+    """
+    return dataset.with_format("arrow")[name].to_pylist()

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from nbtune.config import TokenizerConfig
+from nbtune.data import column
 from nbtune.errors import ConfigError
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
@@ -111,10 +112,12 @@ def document_text(row: dict[str, Any]) -> str:
     return "\n".join(m["content"] for m in row["messages"])
 
 
-def training_texts(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
-    """Texts to train a BPE tokenizer on (one per row)."""
-    for row in rows:
-        yield document_text(row)
+def training_texts(dataset: Any, batch_size: int = 1000) -> Iterator[list[str]]:
+    """Batches of texts to train a BPE tokenizer on (one text per row)."""
+    name = "text" if "text" in dataset.column_names else "messages"
+    for start in range(0, len(dataset), batch_size):
+        part = dataset.select(range(start, min(start + batch_size, len(dataset))))
+        yield [document_text({name: value}) for value in column(part, name)]
 
 
 def encode_text(tokenizer: Any, text: str) -> Encoded:
@@ -162,7 +165,7 @@ def encode_row(tokenizer: Any, row: dict[str, Any], *, response_only: bool) -> E
 
 
 def encode_batch(batch: dict[str, list], tokenizer: Any, config: TokenizerConfig) -> dict[str, list]:
-    """`Dataset.map` function: adds input_ids, loss_mask, n_tokens and truncated.
+    """`Dataset.map` function: adds input_ids, loss_mask, n_tokens (before any cut), truncated, n_trained.
 
     Plain text longer than the context is kept whole when packing (it is split
     across sequences, nothing lost); otherwise, and for chat rows, it is cut.
@@ -175,7 +178,7 @@ def encode_batch(batch: dict[str, list], tokenizer: Any, config: TokenizerConfig
         chats = (encode_chat(tokenizer, m, response_only=config.response_only_loss) for m in batch["messages"])
         encoded = [(enc.input_ids, enc.loss_mask) for enc in chats]
         splittable = False
-    out: dict[str, list] = {"input_ids": [], "loss_mask": [], "n_tokens": [], "truncated": []}
+    out: dict[str, list] = {"input_ids": [], "loss_mask": [], "n_tokens": [], "truncated": [], "n_trained": []}
     ctx = config.context_length
     for row_ids, mask in encoded:
         mask = mask if mask is not None else [1] * len(row_ids)
@@ -185,6 +188,7 @@ def encode_batch(batch: dict[str, list], tokenizer: Any, config: TokenizerConfig
         out["loss_mask"].append(mask[:ctx] if cut else mask)
         out["n_tokens"].append(n)
         out["truncated"].append(cut)
+        out["n_trained"].append(int(sum(out["loss_mask"][-1])))
     return out
 
 

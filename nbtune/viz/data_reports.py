@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from nbtune.viz import charts
-from nbtune.viz.html import bullet_list, diff_html, esc, shorten, table
+from nbtune.viz.html import diff_html, esc, shorten, table
 from nbtune.viz.report import Report
 
 
@@ -35,7 +35,7 @@ class ProblemInfo:
     message: str
 
 
-@dataclass
+@dataclass(repr=False)
 class LoadReport(Report):
     """What was loaded: source, detected format, sizes, a sample, lengths and problems."""
 
@@ -81,7 +81,7 @@ class LoadReport(Report):
                 charts.length_histogram(self.word_lengths, unit="words", title="Row length (words)")]
 
 
-@dataclass
+@dataclass(repr=False)
 class SplitReport(Report):
     """Train/validation sizes after a (re)split."""
 
@@ -106,7 +106,7 @@ class StepRow:
     removed_examples: list[tuple[int, str, str]]
 
 
-@dataclass
+@dataclass(repr=False)
 class CleanReport(Report):
     """What the cleaning recipe does (preview, on a sample) or did (applied, on all rows)."""
 
@@ -159,7 +159,7 @@ class CleanReport(Report):
         return [charts.before_after_histogram(self.lengths_before, self.lengths_after)]
 
 
-@dataclass
+@dataclass(repr=False)
 class TokenReport(Report):
     """How the text turns into tokens, and how well it will fill training sequences."""
 
@@ -194,7 +194,8 @@ class TokenReport(Report):
                                       f"{self.over_context_action}"),
             ("packing efficiency", f"{100 * self.packing['packed']:.1f}% packed vs "
                                    f"{100 * self.packing['padded_to_context']:.1f}% one row per padded sequence"),
-            ("loss on", f"{'responses only' if self.response_only else 'all tokens'}: "
+            ("loss on", "all tokens (plain text)" if self.format == "text" else
+                        f"{'responses only' if self.response_only else 'all tokens'}: "
                         f"{100 * self.trained_token_share:.1f}% of tokens trained"),
             ("template", self.template_note),
             ("time", f"{self.seconds:.2f} s"),
@@ -214,15 +215,12 @@ class TokenReport(Report):
         return [charts.token_length_histogram(self.token_lengths, self.context_length)]
 
 
-@dataclass
 class MessageReport(Report):
-    """A one-line outcome (e.g. 'cleaning undone'), still a Report so every stage returns one."""
+    """A short outcome (e.g. 'cleaning undone'), still a Report so every stage returns one."""
 
-    title: str  # type: ignore[assignment]
-    lines: list[tuple[str, Any]]
+    def __init__(self, title: str, lines: list[tuple[str, Any]]) -> None:
+        self.title = title
+        self.lines = lines
 
     def summary(self) -> list[tuple[str, Any]]:
         return self.lines
-
-    def body_html(self) -> str:
-        return bullet_list([])

@@ -1,0 +1,938 @@
+"""Load training data from wherever it is, into the canonical row schema.
+
+`load_source` accepts a file, a glob, a folder, a pandas DataFrame, a list of
+strings or records, a `datasets.Dataset` / `DatasetDict`, or a Hugging Face hub
+dataset id, and returns a `LoadedData`: a `datasets.Dataset` with ``row_id``
+plus ``text`` or ``messages`` (see `nbtune.data`), the detected format and why,
+and where the rows came from.
+
+Why the line-based formats are read here rather than by `datasets`: when a file
+is broken, the user needs the file, the line and the column of the problem and
+what to do about it. JSONL is parsed one line at a time with `json.loads`, CSV
+and TSV with the `csv` module (tracking where each record starts, so multi-line
+quoted fields keep exact line numbers), and bytes are decoded up front so a
+non-UTF-8 byte is reported with its line and byte position. Files are only
+ever read, never written.
+
+Plain-text files (.txt, .md): a single file is split into documents at blank
+lines (one document per non-empty paragraph), while a folder or glob of files
+gives one document per file, since a folder of text files is usually a folder
+of documents. `FormatInfo.reason` says which rule applied.
+
+`find_problems` then lists what is worth knowing before cleaning: empty rows,
+values that were not text, very long rows and exact duplicates.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import glob as globlib
+import io
+import json
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from nbtune.data.formats import CHAT_NAMES, FormatInfo, convert, resolve_format
+from nbtune.errors import DataError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import datasets
+
+#: File name suffix -> file type.
+SUPPORTED_SUFFIXES = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".txt": "txt",
+    ".md": "md",
+}
+FILE_TYPES = ("csv", "tsv", "jsonl", "json", "parquet", "txt", "md")
+_FILE_TYPE_ALIASES = {"ndjson": "jsonl", "markdown": "md", "text": "txt", "pq": "parquet"}
+#: Suffixes that mark a string as a file name rather than a hub dataset id.
+_OTHER_FILE_SUFFIXES = {
+    ".xlsx", ".xls", ".ods", ".gz", ".zip", ".bz2", ".xz", ".zst", ".tar", ".arrow", ".feather",
+    ".pkl", ".pickle", ".html", ".htm", ".xml", ".yaml", ".yml", ".docx", ".pdf", ".rtf", ".log", ".dat",
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+_SAMPLE_ROWS = 100
+_MAX_EXAMPLES = 5
+
+
+@dataclass
+class LoadedData:
+    """Loaded rows in the canonical schema, plus what was detected and where they came from."""
+
+    dataset: datasets.Dataset
+    format: str
+    mapping: dict[str, str]
+    format_reason: str
+    columns: list[str]
+    origin: dict
+    files: list[str]
+    #: How many non-string values (numbers, booleans) were converted to text while loading.
+    non_string_values: int = 0
+    #: row_ids of (up to 5) rows that had such values.
+    non_string_examples: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+@dataclass
+class Problem:
+    """Something in the loaded rows worth knowing before cleaning."""
+
+    kind: str
+    count: int
+    examples: list[int]
+    message: str
+
+
+# --------------------------------------------------------------------------- read parts
+
+
+class _LazyLines(Sequence):
+    """Line numbers computed only when an error message needs one."""
+
+    def __init__(self, compute: Callable[[], list[int]], length: int) -> None:
+        self._compute = compute
+        self._length = length
+        self._lines: list[int] | None = None
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if self._lines is None:
+            self._lines = self._compute()
+        return self._lines[i]
+
+    def __len__(self) -> int:
+        return self._length
+
+
+@dataclass
+class _Part:
+    """Records read from one file (or one in-memory object), with where each came from."""
+
+    records: list[Any]
+    columns: list[str]
+    path: str | None = None
+    lines: Sequence[int] | None = None
+    file_type: str | None = None
+    note: dict = field(default_factory=dict)
+    #: For big in-memory tables: fetch records of only the needed columns (set instead of `records`).
+    fetch: Callable[[list[str]], list[dict]] | None = None
+
+
+def _decode(data: bytes, path: str, encoding: str) -> str:
+    """File bytes as text; a bad byte is reported with its line and position."""
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        bad = data[exc.start : exc.start + 1].hex()
+        raise DataError(
+            f"contains bytes that are not valid {encoding} (byte 0x{bad} at byte {col} of the line, "
+            f"offset {exc.start} in the file)",
+            path=path,
+            line=line,
+            column=col,
+            fix="re-save the file as UTF-8 (most editors and Excel offer 'Save as... UTF-8'), or pass the "
+            "file's real encoding, e.g. load(..., encoding='latin-1') or encoding='cp1252'",
+        ) from None
+    except LookupError:
+        raise DataError(f"unknown encoding {encoding!r}", path=path,
+                        fix="pass a Python codec name such as 'utf-8', 'latin-1' or 'cp1252'") from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def _empty_file(path: str, detail: str = "is empty") -> DataError:
+    return DataError(f"the file {detail}", path=path,
+                     fix="check that this is the right file (and that it was saved); remove it from the folder "
+                     "if it is meant to be empty")
+
+
+def _ordered_keys(records: Sequence[Any]) -> list[str]:
+    """All keys of the dict records, in order of first appearance."""
+    keys: dict[str, None] = {}
+    for rec in records:
+        if isinstance(rec, dict):
+            keys.update(dict.fromkeys(rec))
+    return [str(k) for k in keys]
+
+
+def _kind_of(item: Any) -> str:
+    if isinstance(item, dict):
+        return "an object"
+    if isinstance(item, str):
+        return "a string"
+    if isinstance(item, list):
+        return "a list"
+    return f"a {type(item).__name__}"
+
+
+def _normalise_items(items: list[Any], path: str | None, lines: Sequence[int] | None) -> tuple[list[Any], list[str]]:
+    """Records from a list of items: dicts as they are, strings -> {'text'}, lists -> {'messages'}.
+
+    All items must be of one kind; the first one that is not is reported.
+    """
+    def error(i: int, what: str, fix: str) -> DataError:
+        if lines is None:
+            what = f"row {i}: {what}"
+        return DataError(what, path=path, line=lines[i] if lines is not None else None, fix=fix)
+
+    first = items[0]
+    first_kind = _kind_of(first)
+    if not isinstance(first, (dict, str, list)):
+        raise error(0, f"this row is {first_kind} ({first!r:.40}), not a record, a string or a list of messages",
+                    "each row must be an object with named fields (e.g. {\"text\": ...}), a string, or a list "
+                    "of messages")
+    base = dict if isinstance(first, dict) else str if isinstance(first, str) else list
+    plural = {dict: "objects", str: "strings", list: "lists"}[base]
+    for i, item in enumerate(items):
+        if not isinstance(item, base):
+            raise error(
+                i,
+                f"this row is {_kind_of(item)}, but earlier rows are {plural}",
+                "make every row the same kind of value (e.g. all objects with the same fields), or remove this row",
+            )
+    if isinstance(first, dict):
+        return items, _ordered_keys(items)
+    if isinstance(first, str):
+        return [{"text": s} for s in items], ["text"]
+    return [{"messages": m} for m in items], ["messages"]
+
+
+def _read_jsonl(text: str, path: str) -> _Part:
+    """One JSON value per line; blank lines are skipped; errors give line and column."""
+    loads = json.loads
+    items: list[Any] = []
+    lines: list[int] = []
+    for n, raw in enumerate(text.split("\n"), 1):
+        if not raw.strip():
+            continue
+        try:
+            items.append(loads(raw))
+        except json.JSONDecodeError as exc:
+            stripped = raw.strip()
+            pretty = stripped in ("{", "[") or stripped.startswith('"') and stripped.endswith(",")
+            fix = ("each line must hold one complete JSON object; this looks like one JSON document spread over "
+                   "several lines: rename the file to .json or pass file_type='json'") if pretty else (
+                   "each line must hold one complete JSON object: fix or delete this line")
+            raise DataError(f"this line is not valid JSON: {exc.msg}", path=path, line=n, column=exc.colno,
+                            fix=fix) from None
+        lines.append(n)
+    if not items:
+        raise _empty_file(path, "holds only blank lines")
+    records, columns = _normalise_items(items, path, lines)
+    return _Part(records, columns, path, lines, "jsonl")
+
+
+def _skip_ws(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\r\n":
+        i += 1
+    return i
+
+
+def _array_offsets(text: str, i: int) -> list[int]:
+    """Offsets of the elements of the JSON array starting at text[i] == '['."""
+    decoder = json.JSONDecoder()
+    offsets: list[int] = []
+    i = _skip_ws(text, i + 1)
+    if text[i] == "]":
+        return offsets
+    while True:
+        i = _skip_ws(text, i)
+        offsets.append(i)
+        _, i = decoder.raw_decode(text, i)
+        i = _skip_ws(text, i)
+        if text[i] != ",":
+            return offsets
+        i += 1
+
+
+def _member_offset(text: str, i: int, key: str) -> int:
+    """Offset of the value of `key` in the JSON object starting at text[i] == '{'."""
+    decoder = json.JSONDecoder()
+    i = _skip_ws(text, i + 1)
+    while text[i] != "}":
+        name, i = decoder.raw_decode(text, i)
+        i = _skip_ws(text, _skip_ws(text, i) + 1)  # past ':'
+        if name == key:
+            return i
+        _, i = decoder.raw_decode(text, i)
+        i = _skip_ws(text, i)
+        if text[i] == ",":
+            i = _skip_ws(text, i + 1)
+    raise KeyError(key)  # pragma: no cover - the key was found by json.loads
+
+
+def _line_numbers(text: str, offsets: list[int]) -> list[int]:
+    """1-based line numbers of character offsets (offsets ascending)."""
+    out, line, pos = [], 1, 0
+    for off in offsets:
+        line += text.count("\n", pos, off)
+        pos = off
+        out.append(line)
+    return out
+
+
+def _read_json(text: str, path: str) -> _Part:
+    """A JSON list of records, a {"data": [...]}-style object with one list, or a single record."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data" and text.lstrip()[:1] in "{[":
+            part = _read_jsonl(text, path)  # one object per line, saved as .json
+            part.note["read_as"] = "jsonl"
+            return part
+        raise DataError(f"the file is not valid JSON: {exc.msg}", path=path, line=exc.lineno, column=exc.colno,
+                        fix="fix the JSON at this position (a missing comma or quote is the usual cause)") from None
+    start = _skip_ws(text, 0)
+    note: dict = {}
+    if isinstance(data, list):
+        items = data
+        array_at: Callable[[], int] = lambda: start  # noqa: E731
+    elif isinstance(data, dict):
+        lists = [k for k, v in data.items() if isinstance(v, list)]
+        record_lists = [k for k in lists if data[k] and all(isinstance(x, (dict, str)) for x in data[k])]
+        if len(lists) == 1 and not data[lists[0]] and lists[0].lower() not in CHAT_NAMES:
+            raise _empty_file(path, f"holds an empty {lists[0]!r} list")
+        if len(lists) == 1 and lists[0].lower() not in CHAT_NAMES and lists[0] in record_lists:
+            key = lists[0]
+            items = data[key]
+            note["json_key"] = key
+            array_at = lambda: _member_offset(text, start, key)  # noqa: E731
+        elif len(record_lists) > 1 and not any(k.lower() in CHAT_NAMES for k in lists):
+            raise DataError(
+                f"the file holds several lists ({', '.join(map(repr, record_lists))}); nbtune cannot tell which "
+                "one holds the rows",
+                path=path, line=1,
+                fix="save the list you want to train on as its own file (a JSON list or JSONL)",
+            )
+        else:
+            note["single_record"] = True
+            return _finish_json([data], path, [_line_numbers(text, [start])[0]], note)
+    else:
+        raise DataError(
+            f"the file holds a single {type(data).__name__}, not a list of records", path=path, line=1,
+            fix='save the rows as a JSON list ([{"text": ...}, ...]) or as JSONL (one object per line)',
+        )
+    if not items:
+        raise _empty_file(path, "holds an empty list")
+    lines = _LazyLines(lambda: _line_numbers(text, _array_offsets(text, array_at())), len(items))
+    return _finish_json(items, path, lines, note)
+
+
+def _finish_json(items: list[Any], path: str, lines: Sequence[int], note: dict) -> _Part:
+    records, columns = _normalise_items(items, path, lines)
+    return _Part(records, columns, path, lines, "json", note)
+
+
+def _read_csv(text: str, path: str, delimiter: str, file_type: str) -> _Part:
+    """CSV/TSV with a header row; each record keeps the line it starts on."""
+    old_limit = csv.field_size_limit(2**31 - 1)  # long documents exceed the 128 KiB default
+    try:
+        return _read_csv_rows(text, path, delimiter, file_type)
+    finally:
+        csv.field_size_limit(old_limit)
+
+
+def _read_csv_rows(text: str, path: str, delimiter: str, file_type: str) -> _Part:
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    name = file_type.upper()
+    header: list[str] | None = None
+    records: list[dict] = []
+    lines: list[int] = []
+    prev = 0
+    try:
+        for row in reader:
+            start, prev = prev + 1, reader.line_num
+            if not row:
+                continue
+            if header is None:
+                header = _csv_header(row, path, start)
+                continue
+            if len(row) != len(header):
+                sep = "tab" if delimiter == "\t" else repr(delimiter)
+                raise DataError(
+                    f"this row has {len(row)} fields, but the header (line 1) has {len(header)}",
+                    path=path, line=start,
+                    fix=f"a field that contains the separator ({sep}) or a line break must be in double quotes "
+                    f"(\"a{delimiter} b\"); fix or delete this row"
+                    + ("" if delimiter == "\t" else ", or pass file_type='tsv' if the file is tab-separated"),
+                )
+            records.append(dict(zip(header, row, strict=True)))
+            lines.append(start)
+    except csv.Error as exc:
+        msg = str(exc)
+        if "unexpected end of data" in msg:
+            msg = "a quoted field that starts on this line is never closed"
+        raise DataError(f"cannot be read as {name}: {msg}", path=path, line=prev + 1,
+                        fix='check the double quotes on this line (a quote inside a field is written "")') from None
+    if header is None:
+        raise _empty_file(path)
+    if not records:
+        raise _empty_file(path, "has a header row but no data rows")
+    return _Part(records, header, path, lines, file_type)
+
+
+def _csv_header(row: list[str], path: str, line: int) -> list[str]:
+    """Header names; blank names become column_N, duplicates are an error."""
+    header = [name.strip() or f"column_{i + 1}" for i, name in enumerate(row)]
+    seen: set[str] = set()
+    for name in header:
+        if name in seen:
+            raise DataError(f"the header names column {name!r} twice", path=path, line=line, column=name,
+                            fix="give every column a different name in the first row")
+        seen.add(name)
+    return header
+
+
+def _paragraphs(text: str) -> Iterator[tuple[int, str]]:
+    """(start line, paragraph) for each non-empty, blank-line-separated paragraph."""
+    block: list[str] = []
+    start = 0
+    for n, line in enumerate(text.split("\n"), 1):
+        line = line.rstrip("\r")
+        if line.strip():
+            if not block:
+                start = n
+            block.append(line)
+        elif block:
+            yield start, "\n".join(block)
+            block = []
+    if block:
+        yield start, "\n".join(block)
+
+
+def _read_plain(text: str, path: str, file_type: str, per_file: bool) -> _Part:
+    """A .txt/.md file: one document per paragraph, or the whole file as one document (`per_file`)."""
+    if per_file:
+        return _Part([{"text": text}], ["text"], path, [1], file_type)
+    lines, records = [], []
+    for start, para in _paragraphs(text):
+        lines.append(start)
+        records.append({"text": para})
+    return _Part(records, ["text"], path, lines, file_type)
+
+
+def _read_parquet(path: str) -> _Part:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for a bad file
+        raise DataError(f"cannot be read as Parquet: {exc}", path=path,
+                        fix="re-export the file (it may be incomplete), or pass file_type= if it is another "
+                        "format") from None
+    if table.num_rows == 0:
+        raise _empty_file(path, "has no rows")
+    return _Part(table.to_pylist(), list(table.column_names), path, None, "parquet")
+
+
+def _normalise_file_type(file_type: str | None) -> str | None:
+    if file_type is None:
+        return None
+    ft = file_type.lower().lstrip(".")
+    ft = _FILE_TYPE_ALIASES.get(ft, ft)
+    if ft not in FILE_TYPES:
+        raise DataError(f"unknown file_type {file_type!r}", fix=f"use one of {', '.join(map(repr, FILE_TYPES))}")
+    return ft
+
+
+def _type_of(path: Path, file_type: str | None) -> str:
+    """The file type from file_type= or the suffix; unknown suffixes raise DataError."""
+    if file_type:
+        return file_type
+    ft = SUPPORTED_SUFFIXES.get(path.suffix.lower())
+    if ft is None:
+        suffix = path.suffix or "(no extension)"
+        extra = ""
+        if path.suffix.lower() in (".xlsx", ".xls", ".ods"):
+            extra = "; for a spreadsheet, read it with pandas.read_excel() and pass the DataFrame"
+        raise DataError(
+            f"unknown file type {suffix}; supported: {', '.join(SUPPORTED_SUFFIXES)}",
+            path=str(path),
+            fix=f"if the file is one of these formats under another name, pass file_type= "
+            f"(one of {', '.join(map(repr, FILE_TYPES))}){extra}",
+        )
+    return ft
+
+
+def _read_file(path: Path, file_type: str | None, encoding: str, per_file_text: bool) -> _Part:
+    """Read one file into records."""
+    name = str(path)
+    ft = _type_of(path, file_type)
+    if ft == "parquet":
+        if path.stat().st_size == 0:
+            raise _empty_file(name)
+        return _read_parquet(name)
+    with open(path, "rb") as fh:  # read-only: never modify the user's files
+        data = fh.read()
+    text = _decode(data, name, encoding)
+    if not text.strip():
+        raise _empty_file(name, "is empty" if not data else "holds only whitespace")
+    if ft == "jsonl":
+        return _read_jsonl(text, name)
+    if ft == "json":
+        return _read_json(text, name)
+    if ft in ("csv", "tsv"):
+        return _read_csv(text, name, "," if ft == "csv" else "\t", ft)
+    return _read_plain(text, name, ft, per_file_text)
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _is_hidden(rel: Path) -> bool:
+    return any(part.startswith(".") or part == "__pycache__" for part in rel.parts)
+
+
+def _folder_files(folder: Path, file_type: str | None) -> list[Path]:
+    """Supported files inside `folder`, recursively and sorted; hidden files and folders are skipped."""
+    found, others = [], []
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if _is_hidden(rel) or not p.is_file():
+            continue
+        if file_type or p.suffix.lower() in SUPPORTED_SUFFIXES:
+            found.append(p)
+        else:
+            others.append(p)
+    if not found:
+        seen = sorted({p.suffix or "(no extension)" for p in others})
+        what = f"the folder has no supported data files (found {len(others)} other file(s)"
+        what += f" with extension(s) {', '.join(seen)})" if others else ")"
+        raise DataError(
+            what, path=str(folder),
+            fix=f"put {', '.join(SUPPORTED_SUFFIXES)} files in it, or pass file_type= to read the files as one "
+            f"of {', '.join(map(repr, FILE_TYPES))}",
+        )
+    return found
+
+
+def _glob_files(pattern: str) -> list[Path]:
+    """Files matching a glob pattern (** allowed), sorted; none is an error."""
+    matches = sorted(p for p in globlib.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
+    if not matches:
+        base = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+        folder = Path(base) if base.endswith(("/", os.sep)) else Path(base).parent
+        folder = folder if str(folder) else Path(".")
+        if folder.is_dir():
+            names = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))[:10]
+            fix = f"the folder {str(folder)!r} holds: {', '.join(names) or 'nothing'}; adjust the pattern"
+        else:
+            fix = f"the folder {str(folder)!r} does not exist (working folder: {os.getcwd()}); check the path"
+        raise DataError("the pattern matches no files", path=pattern, fix=fix)
+    return [Path(p) for p in matches]
+
+
+def _missing_path(given: str) -> DataError:
+    """A DataError for a path that does not exist, naming the closest existing name."""
+    path = Path(os.path.expanduser(given))
+    parent = path.parent
+    where = f" (relative paths start in the working folder {os.getcwd()})" if not path.is_absolute() else ""
+    if parent.is_dir():
+        names = sorted(p.name for p in parent.iterdir() if not p.name.startswith("."))
+        close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.5)
+        if close:
+            fix = f"did you mean {str(parent / close[0])!r}?"
+        else:
+            fix = f"check the name{where}; that folder holds: {', '.join(names[:10]) or 'nothing'}"
+    else:
+        fix = f"the folder {str(parent)!r} does not exist either; check the path{where}"
+    return DataError("no such file or folder", path=given, fix=fix)
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    """'owner/name' or a bare name without a file extension (and not inside an existing local folder)."""
+    if not _HUB_ID.match(text):
+        return False
+    suffix = PurePosixPath(text).suffix.lower()
+    if suffix in SUPPORTED_SUFFIXES or suffix in _OTHER_FILE_SUFFIXES:
+        return False
+    if "/" not in text and re.fullmatch(r"\.[a-z]{1,6}", suffix):
+        return False  # "data.jsonx": a mistyped file name; bare hub ids (imdb, squad) have no dots
+    return not ("/" in text and Path(text.split("/")[0]).is_dir())
+
+
+def _offline() -> bool:
+    """True when HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set (the hub libraries then never go online)."""
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def _hub_unreachable() -> str | None:
+    """Why the hub cannot be reached, found within a few seconds; None when it can (or behind a proxy).
+
+    Without this check `datasets` retries for about half a minute before giving up.
+    """
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                                       "all_proxy")):
+        return None
+    import socket
+    from urllib.parse import urlsplit
+
+    try:
+        from huggingface_hub import constants
+
+        endpoint = constants.ENDPOINT
+    except Exception:  # pragma: no cover - huggingface_hub comes with datasets
+        endpoint = "https://huggingface.co"
+    parts = urlsplit(endpoint)
+    host = parts.hostname or "huggingface.co"
+    port = parts.port or (443 if parts.scheme != "http" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=3):
+            return None
+    except OSError as exc:
+        return f"{host} cannot be reached ({exc.strerror or exc})"
+
+
+def _hub_error(name: str, split: str, detail: str) -> DataError:
+    why = " (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set)" if _offline() else ""
+    fix = ("check the id (owner/name as shown on huggingface.co/datasets) and the split; connect to the internet "
+           "and unset HF_HUB_OFFLINE if it is set; or download the files and pass their path")
+    if not _offline():
+        fix += "; a dataset downloaded before loads from the cache with HF_HUB_OFFLINE=1 set before starting Python"
+    return DataError(
+        f"no local file or folder is named {name!r}, and as a Hugging Face hub dataset id (split {split!r}) it "
+        f"could not be fetched{why}: {detail}",
+        path=name,
+        fix=fix,
+    )
+
+
+def _load_hub(name: str, split: str | None) -> datasets.Dataset:
+    """datasets.load_dataset(name, split=...) with a plain DataError, quickly, when it cannot be fetched."""
+    split = split or "train"
+    if not _offline():
+        unreachable = _hub_unreachable()
+        if unreachable:
+            raise _hub_error(name, split, unreachable)
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, split=split)
+    except Exception as exc:  # ConnectionError, DatasetNotFoundError, ValueError (bad split), ...
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise _hub_error(name, split, detail) from None
+
+
+def _dataset_part(ds: Any, split: str | None, kind: str) -> tuple[_Part, dict]:
+    """A Dataset / DatasetDict as a part whose records are fetched column by column."""
+    import datasets
+
+    origin: dict = {"kind": kind}
+    if isinstance(ds, (datasets.IterableDataset, datasets.IterableDatasetDict)):
+        raise DataError(
+            "streaming (iterable) datasets are not supported",
+            fix="load it with streaming=False, or take a slice: datasets.Dataset.from_list(list(ds.take(10000)))",
+        )
+    if isinstance(ds, datasets.DatasetDict):
+        splits = list(ds)
+        if split is not None:
+            if split not in ds:
+                raise DataError(f"the DatasetDict has no split {split!r} (splits: {', '.join(splits)})",
+                                fix=f"pass split= one of {', '.join(map(repr, splits))}")
+            chosen = split
+        elif "train" in ds:
+            chosen = "train"
+        elif len(splits) == 1:
+            chosen = splits[0]
+        else:
+            raise DataError(f"the DatasetDict has several splits and none is called 'train' "
+                            f"(splits: {', '.join(splits)})", fix=f"pass split= one of {', '.join(map(repr, splits))}")
+        ds = ds[chosen]
+        origin["split"] = chosen
+        origin["splits"] = splits
+    elif getattr(ds, "split", None):
+        origin["split"] = str(ds.split)
+    origin["rows"] = len(ds)
+    fingerprint = getattr(ds, "_fingerprint", None)
+    if fingerprint:
+        origin["fingerprint"] = fingerprint
+    if len(ds) == 0:
+        raise DataError("the dataset has no rows", fix="pass a dataset (or split) that has rows")
+
+    def fetch(cols: list[str]) -> list[dict]:
+        return ds.select_columns(cols).to_list()
+
+    sample = ds.select(range(min(len(ds), _SAMPLE_ROWS))).to_list()
+    part = _Part(sample, list(ds.column_names), fetch=fetch)
+    return part, origin
+
+
+def _dataframe_part(df: Any) -> tuple[_Part, dict]:
+    columns = [str(c) for c in df.columns]
+    dupes = sorted({c for c in columns if columns.count(c) > 1})
+    if dupes:
+        raise DataError(f"the DataFrame has duplicate column names {dupes}", column=dupes[0],
+                        fix="rename the columns so each name is used once (df.columns = [...])")
+    if len(df) == 0:
+        raise DataError("the DataFrame has no rows", fix="pass a DataFrame with rows")
+    df = df.set_axis(columns, axis=1)  # a renamed copy: the user's frame is left alone
+
+    def fetch(cols: list[str]) -> list[dict]:
+        return df[cols].to_dict("records")
+
+    sample = df.head(_SAMPLE_ROWS).to_dict("records")
+    origin = {"kind": "dataframe", "rows": len(df), "columns": columns}
+    return _Part(sample, columns, fetch=fetch), origin
+
+
+def _list_part(items: Sequence[Any]) -> tuple[_Part, dict]:
+    items = list(items)
+    if not items:
+        raise DataError("the list is empty", fix="pass a list of strings, records (dicts) or message lists")
+    records, columns = _normalise_items(items, None, None)
+    return _Part(records, columns), {"kind": "list", "rows": len(records)}
+
+
+def _file_parts(paths: list[Path], file_type: str | None, encoding: str, per_file_text: bool) -> list[_Part]:
+    return [_read_file(p, file_type, encoding, per_file_text) for p in paths]
+
+
+def _read_source(
+    source: Any, *, split: str | None, file_type: str | None, encoding: str
+) -> tuple[list[_Part], dict, list[str]]:
+    """Parts, origin and files read, for any supported kind of source."""
+    type_name = f"{type(source).__module__}.{type(source).__name__}"
+    if type_name.startswith("datasets."):
+        part, origin = _dataset_part(source, split, "dataset")
+        return [part], origin, []
+    if type_name.startswith("pandas.") and type(source).__name__ == "DataFrame":
+        part, origin = _dataframe_part(source)
+        return [part], origin, []
+    if type_name.startswith("pandas.") and type(source).__name__ == "Series":
+        part, origin = _list_part(source.tolist())
+        origin["kind"] = "series"
+        return [part], origin, []
+    if isinstance(source, (list, tuple)):
+        part, origin = _list_part(source)
+        return [part], origin, []
+    if not isinstance(source, (str, os.PathLike)):
+        raise DataError(
+            f"cannot load a {type(source).__name__}",
+            fix="pass a file, folder or glob path, a pandas DataFrame, a list of strings or dicts, a "
+            "datasets.Dataset or a hub dataset id",
+        )
+    given = os.fspath(source)
+    if not given.strip():
+        raise DataError("the source is an empty string", fix="pass a file, folder or glob path")
+    path = Path(os.path.expanduser(given))
+    if path.is_file():
+        ft = _type_of(path, file_type)
+        parts = _file_parts([path], file_type, encoding, per_file_text=False)
+        origin = {"kind": "path", "path": given, "paths": [str(path.resolve())], "file_type": ft, **parts[0].note}
+        return parts, origin, [str(path.resolve())]
+    if path.is_dir():
+        paths = _folder_files(path, file_type)
+        parts = _file_parts(paths, file_type, encoding, per_file_text=True)
+        files = [str(p.resolve()) for p in paths]
+        return parts, {"kind": "folder", "path": given, "paths": files}, files
+    if any(ch in given for ch in "*?["):
+        paths = _glob_files(given)
+        parts = _file_parts(paths, file_type, encoding, per_file_text=True)
+        files = [str(p.resolve()) for p in paths]
+        return parts, {"kind": "glob", "pattern": given, "paths": files}, files
+    if isinstance(source, str) and _looks_like_hub_id(given):
+        ds = _load_hub(given, split)
+        part, origin = _dataset_part(ds, None, "hub")
+        origin.update({"id": given, "split": split or "train"})
+        return [part], origin, []
+    raise _missing_path(given)
+
+
+# --------------------------------------------------------------------------- load
+
+
+def _build_dataset(batch: dict[str, list]) -> datasets.Dataset:
+    """The canonical Dataset from a columnar batch (features fixed, also for empty message lists)."""
+    import datasets
+    from datasets import Features, List, Value
+
+    key = "text" if "text" in batch else "messages"
+    text_type = Value("string") if key == "text" else List({"role": Value("string"), "content": Value("string")})
+    features = Features({"row_id": Value("int64"), key: text_type})
+    try:
+        ds = datasets.Dataset.from_dict(batch)  # fastest path; its inferred types are checked below
+        if ds.features == features:
+            return ds
+    except Exception:  # inference can fail on e.g. only-empty message lists; the typed path below cannot
+        pass
+    return datasets.Dataset.from_dict(batch, features=features)
+
+
+def _plain_text_reason(parts: list[_Part], per_file: bool) -> str | None:
+    if not parts or any(p.file_type not in ("txt", "md") for p in parts):
+        return None
+    if per_file:
+        return ("plain-text .txt/.md files from a folder or glob: each file is one document "
+                "(a single file would be split into paragraphs)")
+    return ("plain-text .txt/.md file: each non-empty, blank-line-separated paragraph is one document "
+            "(load a folder or glob to get one document per file)")
+
+
+def load_source(
+    source: Any,
+    *,
+    text_column: str | None = None,
+    format: str | None = None,
+    mapping: dict[str, str] | None = None,
+    split: str | None = None,
+    file_type: str | None = None,
+    encoding: str = "utf-8",
+) -> LoadedData:
+    """Load `source` into the canonical schema, detecting its format (or using the overrides).
+
+    `source` is a file path (csv, tsv, jsonl/ndjson, json, parquet, txt, md), a
+    glob such as ``"data/*.jsonl"``, a folder (its supported files,
+    recursively, sorted; hidden files skipped), a pandas DataFrame, a list of
+    strings / dicts / message lists, a `datasets.Dataset` or `DatasetDict`
+    (``split``, else ``"train"``), or a hub dataset id (``"owner/name"``),
+    fetched with `datasets.load_dataset(id, split=split or "train")`.
+
+    A .txt/.md path given on its own is one document per blank-line-separated
+    paragraph; files from a folder or glob are one document each.
+
+    `text_column`, `format` and `mapping` override detection; `file_type`
+    forces how files are parsed (e.g. a .log file as "txt"); `encoding` is the
+    text encoding of the files (UTF-8 by default; a leading BOM is ignored).
+    Every problem raises `DataError` naming the file, line and what to do.
+    """
+    ft = _normalise_file_type(file_type)
+    parts, origin, files = _read_source(source, split=split, file_type=ft, encoding=encoding)
+    first = parts[0]
+    columns: list[str] = list(first.columns)
+    for part in parts[1:]:
+        columns += [c for c in part.columns if c not in columns]
+    sample: list[Any] = []
+    for part in parts:
+        sample.extend(part.records[: _SAMPLE_ROWS - len(sample)])
+        if len(sample) >= _SAMPLE_ROWS:
+            break
+    info: FormatInfo = resolve_format(columns, sample, text_column=text_column, format=format,
+                                      mapping=mapping, path=first.path)
+    forced = text_column is not None or format is not None or bool(mapping)
+    reason = _plain_text_reason(parts, per_file=origin["kind"] in ("folder", "glob"))
+    if reason and not forced:
+        info.reason = reason
+    first_keys = next((list(r) for r in first.records if isinstance(r, dict)), [])
+
+    batch: dict[str, list] = {}
+    non_string, examples = 0, []
+    for part in parts:
+        records = part.records
+        if part.fetch is not None:
+            needed = list(dict.fromkeys(info.mapping.values()))
+            records = part.fetch(needed)
+        converted = convert(records, info, source=part.path, lines=part.lines,
+                            start_row_id=len(batch.get("row_id", [])), first_keys=first_keys)
+        for key, values in converted.batch.items():
+            batch.setdefault(key, []).extend(values)
+        non_string += converted.non_string_values
+        examples.extend(converted.non_string_rows[: _MAX_EXAMPLES - len(examples)])
+    if origin["kind"] in ("folder", "glob"):
+        origin["file_types"] = sorted({p.file_type for p in parts if p.file_type})
+    return LoadedData(
+        dataset=_build_dataset(batch),
+        format=info.format,
+        mapping=dict(info.mapping),
+        format_reason=info.reason,
+        columns=columns,
+        origin=origin,
+        files=files,
+        non_string_values=non_string,
+        non_string_examples=examples,
+    )
+
+
+# --------------------------------------------------------------------------- problems
+
+
+def _row_texts(loaded: LoadedData) -> tuple[list[int], list[Any], bool]:
+    """(row_ids, texts or message lists, is_chat) read straight from the Arrow table."""
+    table = loaded.dataset.with_format("arrow")[:]  # honours select()/filter() index mappings
+    names = loaded.dataset.column_names
+    row_ids = table.column("row_id").to_pylist() if "row_id" in names else list(range(len(loaded.dataset)))
+    if "text" in names:
+        return row_ids, table.column("text").to_pylist(), False
+    return row_ids, table.column("messages").to_pylist(), True
+
+
+def _rows(n: int) -> str:
+    """'1 row is' / '3 rows are'."""
+    return "1 row is" if n == 1 else f"{n} rows are"
+
+
+def find_problems(loaded: LoadedData, *, raw_non_string: int = 0, very_long_chars: int = 20000) -> list[Problem]:
+    """Empty rows, converted non-string values, very long rows and exact duplicates, in that order.
+
+    Only kinds that occur are returned. `raw_non_string` overrides the count of
+    converted values recorded while loading (`LoadedData.non_string_values`).
+    """
+    row_ids, values, chat = _row_texts(loaded)
+    empty: list[int] = []
+    long: list[int] = []
+    dupes: list[int] = []
+    seen: set = set()
+    for rid, value in zip(row_ids, values, strict=True):
+        if chat:
+            msgs = value or []
+            length = sum(len(m["content"] or "") for m in msgs)
+            blank = all(not (m["content"] or "").strip() for m in msgs)
+            key: Any = tuple((m["role"], m["content"]) for m in msgs)
+        else:
+            text = value or ""
+            length = len(text)
+            blank = not text.strip()
+            key = text
+        if blank:
+            empty.append(rid)
+        if length > very_long_chars:
+            long.append(rid)
+        if blank:
+            pass  # reported as empty, not again as duplicates
+        elif key in seen:
+            dupes.append(rid)
+        else:
+            seen.add(key)
+
+    problems: list[Problem] = []
+    if empty:
+        problems.append(Problem(
+            "empty", len(empty), empty[:_MAX_EXAMPLES],
+            f"{_rows(len(empty))} empty or only whitespace: they teach the model nothing, and clean() drops "
+            "them (min_chars=1, the default).",
+        ))
+    non_string = raw_non_string or loaded.non_string_values
+    if non_string:
+        was = "value was" if non_string == 1 else "values were"
+        problems.append(Problem(
+            "non_string", non_string, list(loaded.non_string_examples[:_MAX_EXAMPLES]),
+            f"{non_string} {was} not text (numbers or booleans) and converted to text; if that is unexpected, "
+            "check that the right column is used (text_column= or mapping=).",
+        ))
+    if long:
+        problems.append(Problem(
+            "very_long", len(long), long[:_MAX_EXAMPLES],
+            f"{_rows(len(long))} longer than {very_long_chars:,} characters: training cuts or splits them at "
+            "context_length tokens. Set max_chars in clean() to drop them instead.",
+        ))
+    if dupes:
+        problems.append(Problem(
+            "duplicate", len(dupes), dupes[:_MAX_EXAMPLES],
+            f"{_rows(len(dupes))} {'an exact copy' if len(dupes) == 1 else 'exact copies'} of an earlier row: "
+            "duplicates make the model memorise them. "
+            "Enable exact_dedup in clean() (on by default) to drop them.",
+        ))
+    return problems
