@@ -306,10 +306,12 @@ class Session:
             raise DataError("the training split is empty", fix="load more rows or lower validation_fraction")
         tokenizer, name = self._make_tokenizer(settings, train)
         template_added = tk.ensure_chat_template(tokenizer) if self.format != "text" else False
-        tokenized = DatasetDict({
-            name_: part.map(tk.encode_batch, batched=True, batch_size=256,
-                            fn_kwargs={"tokenizer": tokenizer, "config": settings}, desc=f"tokenizing {name_}")
-            for name_, part in (("train", train), ("validation", val))})
+        encode = {"function": tk.encode_batch, "batched": True, "batch_size": 256,
+                  "fn_kwargs": {"tokenizer": tokenizer, "config": settings}}
+        tokenized_train = train.map(**encode, desc="tokenizing train")
+        # an empty split gets no new columns from map(): give it the train split's schema
+        tokenized_val = val.map(**encode, desc="tokenizing validation") if len(val) else tokenized_train.select([])
+        tokenized = DatasetDict({"train": tokenized_train, "validation": tokenized_val})
         report = _token_report(tokenized, tokenizer, name, settings, self.format or "text", template_added,
                                time.perf_counter() - started)
         self._tokenizer, self._tokens, self.tokenizer_config = tokenizer, tokenized, settings
