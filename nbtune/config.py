@@ -146,3 +146,100 @@ class TokenizerConfig(_Config):
     response_only_loss: bool = _opt(True, "For instruction and chat data, learn only from the assistant's tokens "
                                     "(prompt tokens are masked).")
     trust_remote_code: bool = _opt(False, "Allow a hub tokenizer to run its own Python code. Only for sources you trust.")
+
+
+@dataclass
+class ScratchModelConfig(_Config):
+    """A new Llama-style decoder, initialised at random (the from-scratch path).
+
+    `preset` fills the sizes; any field set explicitly wins over the preset.
+    The vocabulary always comes from the session's tokenizer.
+    """
+
+    preset: str = _opt("tiny", "Starting sizes: 'tiny' (~1M parameters, seconds per step on a CPU), 'small' "
+                       "(~10M), 'medium' (~40M), 'large' (~360M, for a GPU).",
+                       choices=["tiny", "small", "medium", "large"])
+    layers: int | None = _opt(None, "Number of transformer blocks.", min=1, max=128)
+    hidden_size: int | None = _opt(None, "Width of the residual stream; must be divisible by heads.", min=16)
+    heads: int | None = _opt(None, "Attention heads.", min=1)
+    kv_heads: int | None = _opt(None, "Key/value heads (grouped-query attention); must divide heads.", min=1)
+    intermediate_size: int | None = _opt(None, "Width of the MLP (default: about 8/3 of hidden_size, rounded).",
+                                         min=16)
+    context_length: int | None = _opt(None, "Longest sequence the model sees (default: the tokenizer "
+                                      "settings' context_length).", min=8)
+    tie_embeddings: bool = _opt(True, "Share the input embedding and output projection (fewer parameters).")
+    seed: int = _opt(0, "Seed of the random initialisation.")
+    device: str | None = _opt(None, "Override the device ('cuda', 'mps', 'cpu'); default: the best one attached.",
+                              choices=["cuda", "mps", "cpu"])
+    precision: str | None = _opt(None, "Override the precision; default: bf16 on GPUs that support it, else fp16 "
+                                 "with loss scaling; fp32 on CPU.", choices=["bf16", "fp16", "fp32"])
+
+    def _check(self) -> None:
+        if self.hidden_size and self.heads and self.hidden_size % self.heads:
+            raise ConfigError(f"hidden_size={self.hidden_size} is not divisible by heads={self.heads}",
+                              column="hidden_size", fix="pick a hidden size that is a multiple of heads")
+        if self.heads and self.kv_heads and self.heads % self.kv_heads:
+            raise ConfigError(f"kv_heads={self.kv_heads} does not divide heads={self.heads}", column="kv_heads",
+                              fix="use a divisor of heads (e.g. heads, heads/2, 1)")
+
+
+@dataclass
+class PretrainedModelConfig(_Config):
+    """A pretrained causal LM to fine-tune, and how (the fine-tune path)."""
+
+    model: str = _opt("default", "A local folder or hub id; 'default' is the embedded SmolLM2-135M-Instruct "
+                      "(works offline).")
+    method: str = _opt("lora", "full: train every weight; lora: small adapters on a frozen model; qlora: LoRA on a "
+                       "4-bit NF4 model (least memory); lora-8bit: LoRA on an 8-bit model.",
+                       choices=["full", "lora", "qlora", "lora-8bit"])
+    lora_rank: int = _opt(16, "LoRA rank r: adapter size (higher = more capacity and memory).", min=1, max=1024)
+    lora_alpha: int = _opt(32, "LoRA alpha: scale of the adapter update (often 2 x rank).", min=1)
+    lora_dropout: float = _opt(0.05, "Dropout on the adapter input.", min=0.0, max=0.9)
+    target_modules: str = _opt("all-linear", "Which layers get adapters: 'all-linear' or comma-separated module "
+                               "names such as 'q_proj,v_proj'.")
+    trust_remote_code: bool = _opt(False, "Allow the model repository to run its own Python code. Only for sources "
+                                   "you trust.")
+    allow_pickle: bool = _opt(False, "Allow loading weights from pickle files (.bin/.pt), which can run code. "
+                              "safetensors are used whenever present.")
+    device: str | None = _opt(None, "Override the device ('cuda', 'mps', 'cpu'); default: the best one attached.",
+                              choices=["cuda", "mps", "cpu"])
+    precision: str | None = _opt(None, "Override the precision; default: bf16 on GPUs that support it, else fp16 "
+                                 "with loss scaling; fp32 on CPU.", choices=["bf16", "fp16", "fp32"])
+
+
+@dataclass
+class TrainConfig(_Config):
+    """How long and how to train. Set one of steps, epochs or token_budget."""
+
+    steps: int | None = _opt(None, "Optimizer steps to run (wins over epochs and token_budget).", min=1)
+    epochs: float | None = _opt(None, "Passes over the training tokens (used when steps is not set).", min=0.01)
+    token_budget: int | None = _opt(None, "Train on about this many tokens (used when steps and epochs are not set).",
+                                    min=1)
+    learning_rate: float = _opt(1e-3, "Peak learning rate (scratch models like ~1e-3, LoRA ~2e-4, full fine-tune "
+                                "~2e-5).", min=0.0, max=1.0)
+    schedule: str = _opt("cosine", "Learning-rate schedule after warmup.", choices=["cosine", "linear", "constant"])
+    warmup_steps: int | None = _opt(None, "Linear warmup steps (default: 5% of the steps).", min=0)
+    min_lr_ratio: float = _opt(0.1, "Cosine/linear schedules end at this fraction of the peak rate.", min=0.0, max=1.0)
+    weight_decay: float = _opt(0.1, "AdamW weight decay (not applied to norms and biases).", min=0.0)
+    batch_size: int = _opt(8, "Sequences per micro-batch.", min=1)
+    batch_tokens: int | None = _opt(None, "Tokens per optimizer step; sets gradient accumulation from batch_size "
+                                    "and the sequence length (wins over grad_accum).", min=1)
+    grad_accum: int = _opt(1, "Micro-batches per optimizer step.", min=1)
+    seq_len: int | None = _opt(None, "Packed sequence length (default: the tokenizer settings' context_length).",
+                               min=8)
+    max_grad_norm: float | None = _opt(1.0, "Clip the gradient norm to this (None: no clipping).", min=0.0)
+    eval_every: int | None = _opt(None, "Evaluate on the validation split every this many steps "
+                                  "(default: about 10 times per run).", min=1)
+    eval_batches: int = _opt(20, "Validation micro-batches per evaluation (None would be all; keep it small).", min=1)
+    checkpoint_every: int | None = _opt(None, "Write a checkpoint every this many steps (default: at the end, "
+                                        "on stop and on pause).", min=1)
+    keep_checkpoints: int = _opt(2, "How many checkpoints to keep (oldest are deleted).", min=1)
+    seed: int = _opt(0, "Seed for data order, dropout and initialisation of adapters.")
+    gradient_checkpointing: bool = _opt(False, "Recompute activations in the backward pass: less memory, ~30% slower.")
+    compile: bool = _opt(False, "torch.compile the model (faster on GPUs after a warm-up; slow to start on CPUs).")
+    auto_batch: bool = _opt(True, "On out-of-memory, halve the micro-batch and double gradient accumulation, so the "
+                            "effective batch and the step count stay the same, and go on.")
+    sample_prompt: str | None = _opt(None, "Text to continue at every evaluation, shown as a sample (for chat data: "
+                                     "the user's message). None: no samples.")
+    background: bool | None = _opt(None, "Run in a worker thread so the notebook stays usable (default: yes in "
+                                   "JupyterLab, no in scripts, Colab and VS Code).")

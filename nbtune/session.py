@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,11 @@ class Session:
         self.clean_applied = False
         self.tokenizer_config: TokenizerConfig | None = None
         self.runs: list[dict[str, Any]] = []
+        self.model_settings: dict[str, Any] = {}
         self.reports: dict[str, Any] = {}
+        self._model: Any = None
+        self._run: Any = None
+        self._save_lock = threading.RLock()
         self._loaded: Any = None  # datasets.Dataset, canonical schema
         self._cleaned: Any = None
         self._tokenizer: Any = None
@@ -146,12 +151,14 @@ class Session:
         return dataset.select(np.flatnonzero(~is_val)), dataset.select(np.flatnonzero(is_val))
 
     @property
-    def train(self) -> Any:
-        return self._split(self._require_data("train"), len(self._loaded), self.split_config)[0]
+    def train_split(self) -> Any:
+        """The current rows of the training split."""
+        return self._split(self._require_data("train_split"), len(self._loaded), self.split_config)[0]
 
     @property
-    def validation(self) -> Any:
-        return self._split(self._require_data("validation"), len(self._loaded), self.split_config)[1]
+    def validation_split(self) -> Any:
+        """The current rows of the validation split."""
+        return self._split(self._require_data("validation_split"), len(self._loaded), self.split_config)[1]
 
     # ------------------------------------------------------------------- load
     def load(self, source: Any, *, text_column: str | None = None, format: str | None = None,
@@ -294,17 +301,21 @@ class Session:
     # ----------------------------------------------------------------- tokens
     def tokenize(self, config: TokenizerConfig | None = None, **overrides: Any) -> TokenReport:
         """Turn the current rows into token ids and loss masks, with a new or a pretrained tokenizer."""
+        settings = _config(TokenizerConfig, config, overrides,
+                           self.tokenizer_config.to_dict() if self.tokenizer_config else None)
+        train, _ = self._split(self._require_data("tokenize"), len(self._loaded), self.split_config)
+        if len(train) == 0:
+            raise DataError("the training split is empty", fix="load more rows or lower validation_fraction")
+        tokenizer, name = self._make_tokenizer(settings, train)
+        return self._tokenize_with(tokenizer, name, settings)
+
+    def _tokenize_with(self, tokenizer: Any, name: str, settings: TokenizerConfig) -> TokenReport:
         from datasets import DatasetDict
 
         from nbtune.data import tokens as tk
 
         started = time.perf_counter()
-        settings = _config(TokenizerConfig, config, overrides,
-                           self.tokenizer_config.to_dict() if self.tokenizer_config else None)
         train, val = self._split(self._require_data("tokenize"), len(self._loaded), self.split_config)
-        if len(train) == 0:
-            raise DataError("the training split is empty", fix="load more rows or lower validation_fraction")
-        tokenizer, name = self._make_tokenizer(settings, train)
         template_added = tk.ensure_chat_template(tokenizer) if self.format != "text" else False
         encode = {"function": tk.encode_batch, "batched": True, "batch_size": 256,
                   "fn_kwargs": {"tokenizer": tokenizer, "config": settings}}
@@ -329,6 +340,212 @@ class Session:
         tokenizer = tk.load_pretrained_tokenizer(settings.tokenizer, trust_remote_code=settings.trust_remote_code)
         return tokenizer, f"pretrained: {settings.tokenizer}"
 
+    # ------------------------------------------------------------------ model
+    @property
+    def model(self) -> Any:
+        """The current `LoadedModel` (after `new_model` / `use_model`), or None."""
+        return self._model
+
+    def _scratch_settings(self, config: Any, overrides: dict[str, Any]) -> Any:
+        from nbtune.config import ScratchModelConfig
+
+        stored = self.model_settings["config"] if self.model_settings.get("kind") == "scratch" else None
+        return _config(ScratchModelConfig, config, overrides, stored)
+
+    def model_card(self, config: Any = None, *, batch_size: int = 8, **overrides: Any) -> Any:
+        """The card of a from-scratch model (size, memory, FLOPs, fits?) without allocating anything."""
+        from nbtune.device import pick_device
+        from nbtune.models.scratch import plan_scratch
+
+        settings = self._scratch_settings(config, overrides)
+        tokenizer, context = self._require_tokenizer("model_card")
+        return plan_scratch(settings, tokenizer=tokenizer, context_length=settings.context_length or context,
+                            batch_size=batch_size, seq_len=settings.context_length or context,
+                            device=pick_device(settings.device, settings.precision))
+
+    def new_model(self, config: Any = None, *, batch_size: int = 8, **overrides: Any) -> Any:
+        """Initialise a Llama-style model from scratch with the session tokenizer's vocabulary."""
+        from nbtune.device import pick_device
+        from nbtune.models.scratch import new_model
+
+        settings = self._scratch_settings(config, overrides)
+        tokenizer, context = self._require_tokenizer("new_model")
+        context = settings.context_length or context
+        loaded = new_model(settings, tokenizer=tokenizer, context_length=context,
+                           device=pick_device(settings.device, settings.precision), batch_size=batch_size,
+                           seq_len=context)
+        self._replace_model(loaded, {"kind": "scratch", "config": settings.to_dict(), "context_length": context})
+        return loaded.card
+
+    def use_model(self, model: str | None = None, method: str | None = None, config: Any = None, *,
+                  batch_size: int = 8, **overrides: Any) -> Any:
+        """Load a pretrained model for fine-tuning (full, lora, qlora, lora-8bit).
+
+        The data is re-tokenized with the model's own tokenizer (and chat template)
+        when it was tokenized with another one.
+        """
+        from nbtune.config import PretrainedModelConfig
+        from nbtune.device import pick_device
+        from nbtune.models.pretrained import use_model
+
+        overrides.update({k: v for k, v in (("model", model), ("method", method)) if v is not None})
+        settings = _config(PretrainedModelConfig, config, overrides)
+        seq_len = self.tokenizer_config.context_length if self.tokenizer_config else 512
+        loaded = use_model(settings, device=pick_device(settings.device, settings.precision), batch_size=batch_size,
+                           seq_len=seq_len)
+        self._replace_model(loaded, {"kind": "pretrained", "config": settings.to_dict(), "context_length": seq_len})
+        if self._loaded is not None:
+            self._tokenize_with(loaded.tokenizer, f"pretrained: {loaded.source}",
+                                (self.tokenizer_config or TokenizerConfig()).replace(tokenizer=loaded.source))
+        return loaded.card
+
+    def _replace_model(self, loaded: Any, settings: dict[str, Any]) -> None:
+        if self._model is not None and self._model is not loaded:
+            self._model.release()
+        self._model, self.model_settings = loaded, settings
+        self.reports["model"] = loaded.card
+        self._autosave()
+
+    def _require_tokenizer(self, stage: str) -> tuple[Any, int]:
+        if self._tokenizer is None or self.tokenizer_config is None:
+            raise StageOrderError(f"{stage}() needs a tokenizer: call s.tokenize(...) first (it trains one on your "
+                                  "data by default)")
+        return self._tokenizer, self.tokenizer_config.context_length
+
+    def _require_model(self, stage: str) -> Any:
+        if self._model is None:
+            if self.model_settings:
+                self._rebuild_model()
+            else:
+                raise StageOrderError(f"{stage}() needs a model: call s.new_model() (from scratch) or "
+                                      "s.use_model('default', method='lora') (fine-tune) first")
+        return self._model
+
+    def _rebuild_model(self) -> None:
+        """Recreate the model described by `model_settings` (after Session.open)."""
+        kind, config = self.model_settings["kind"], self.model_settings["config"]
+        if kind == "scratch":
+            self.new_model(**config)
+        else:
+            from nbtune.config import PretrainedModelConfig
+            from nbtune.device import pick_device
+            from nbtune.models.pretrained import use_model
+
+            settings = PretrainedModelConfig.from_dict(config)
+            loaded = use_model(settings, device=pick_device(settings.device, settings.precision),
+                               seq_len=self.model_settings.get("context_length", 512))
+            self._replace_model(loaded, self.model_settings)
+
+    # ------------------------------------------------------------------ train
+    @property
+    def run(self) -> Any:
+        """The latest run handle of this kernel (None before the first `train()`)."""
+        return self._run
+
+    def train(self, config: Any = None, *, listeners: tuple = (), progress: bool | None = None,
+              **overrides: Any) -> Any:
+        """Train the current model on the tokenized training split; returns a `Run` handle.
+
+        In JupyterLab the run goes to a worker thread (`run.wait()` blocks until it
+        ends); in scripts, Colab and VS Code it runs in the foreground, where Ctrl-C /
+        the interrupt button stops it gracefully after writing a checkpoint.
+        """
+        from nbtune.config import TrainConfig
+
+        settings = _config(TrainConfig, config, overrides)
+        lm = self._require_model("train")
+        if self._tokens is None:
+            raise StageOrderError("train() needs tokens: call s.tokenize() first")
+        run_id = f"run-{len(self.runs) + 1:03d}-{lm.method}"
+        record = {"id": run_id, "dir": f"runs/{run_id}", "method": lm.method, "model": self.model_settings,
+                  "config": settings.to_dict(), "status": "created", "created": _now(), "checkpoint": None}
+        run = self._make_run(record, settings, listeners, progress)
+        self.runs.append(record)
+        self._autosave()
+        return run.start()
+
+    def resume(self, run_id: str | None = None, *, listeners: tuple = (), progress: bool | None = None) -> Any:
+        """Continue a stopped or failed run from its last checkpoint (also after `Session.open`)."""
+        from nbtune.config import TrainConfig
+
+        if self._run is not None and (run_id is None or self._run.id == run_id):
+            return self._run.resume()
+        record = self._run_record(run_id)
+        self._require_model("resume")
+        run = self._make_run(record, TrainConfig.from_dict(record["config"]), listeners, progress)
+        checkpoint = run.last_checkpoint
+        if checkpoint is None:
+            raise StageOrderError(f"{record['id']} has no checkpoint to resume from; start a new run with s.train()")
+        return run.start(resume_from=checkpoint)
+
+    def _run_record(self, run_id: str | None) -> dict[str, Any]:
+        if not self.runs:
+            raise StageOrderError("this session has no runs yet: call s.train(...)")
+        if run_id is None:
+            return self.runs[-1]
+        for record in self.runs:
+            if record["id"] == run_id:
+                return record
+        raise StageOrderError(f"no run {run_id!r} in this session; runs: {', '.join(r['id'] for r in self.runs)}")
+
+    def _make_run(self, record: dict[str, Any], settings: Any, listeners: tuple, progress: bool | None) -> Any:
+        from nbtune.events import EventBus, StopToken
+        from nbtune.train.listeners import ConsoleProgress, MetricsFile, MetricsRecorder
+        from nbtune.train.run import Run, default_background
+
+        background = settings.background if settings.background is not None else default_background()
+        bus, token, recorder = EventBus(), StopToken(), MetricsRecorder()
+        run_dir = self.workdir / record["dir"]
+        bus.subscribe(recorder)
+        bus.subscribe(MetricsFile(run_dir / "metrics.jsonl"))
+        bus.subscribe(self._run_bookkeeper(record), kinds=("checkpoint", "run_end", "run_start"))
+        if progress if progress is not None else not background:
+            bus.subscribe(ConsoleProgress())
+        for listener in listeners:
+            bus.subscribe(listener)
+        run = Run(record["id"], run_dir, lambda: self._make_engine(record, settings, bus, token), bus, token,
+                  recorder, background)
+        self._run = run
+        return run
+
+    def _make_engine(self, record: dict[str, Any], settings: Any, bus: Any, token: Any) -> Any:
+        from nbtune.train.loop import Engine
+
+        lm = self._model
+        tokenizer = lm.tokenizer or self._tokenizer
+        seq_len = settings.seq_len or self.tokenizer_config.context_length
+        return Engine(loaded_model=lm, train_rows=self._tokens["train"], validation_rows=self._tokens["validation"],
+                      config=settings, seq_len=seq_len, pack_rows=self.tokenizer_config.pack,
+                      pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+                      run_dir=self.workdir / record["dir"], run_id=record["id"], bus=bus, token=token,
+                      flops_per_token=lm.card.flops_per_token,
+                      sample_prompt_ids=self._sample_ids(tokenizer, settings.sample_prompt),
+                      decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
+
+    def _sample_ids(self, tokenizer: Any, prompt: str | None) -> list[int] | None:
+        if not prompt:
+            return None
+        if self.format == "text":
+            return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _run_bookkeeper(self, record: dict[str, Any]) -> Any:
+        """Keep the run's record in session.json current (status, last checkpoint)."""
+
+        def update(event: Any) -> None:
+            if event.kind == "checkpoint":
+                record["checkpoint"] = event.data["path"]
+            elif event.kind == "run_end":
+                record["status"] = event.data["status"]
+            elif event.kind == "run_start":
+                record["status"] = "running"
+            record["step"] = event.step
+            self._autosave()
+
+        return update
+
     # ------------------------------------------------------------ persistence
     def state(self) -> dict[str, Any]:
         """Everything needed to restore this Session (JSON-serialisable)."""
@@ -346,11 +563,16 @@ class Session:
             "clean": {"recipe": self._stored_clean(), "applied": self.clean_applied},
             "tokens": {"config": self.tokenizer_config.to_dict() if self.tokenizer_config else None,
                        "done": self._tokens is not None},
+            "model": self.model_settings,
             "runs": self.runs,
         }
 
     def save(self, *, data: tuple[str, ...] = ("loaded", "cleaned", "tokenizer", "tokens")) -> Path:
         """Write the state (and the named data) into the workdir, atomically. Returns the state file."""
+        with self._save_lock:
+            return self._save(data)
+
+    def _save(self, data: tuple[str, ...]) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
         writers = {
             "loaded": (self._loaded, lambda tmp: self._loaded.save_to_disk(str(tmp))),
@@ -412,6 +634,7 @@ class Session:
         token_config = state.get("tokens", {}).get("config")
         self.tokenizer_config = TokenizerConfig.from_dict(token_config) if token_config else None
         self.runs = state.get("runs", [])
+        self.model_settings = state.get("model", {})
         for name, attr in (("loaded", "_loaded"), ("cleaned", "_cleaned"), ("tokens", "_tokens")):
             folder = self._data_dir(name)
             if folder.exists():

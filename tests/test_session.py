@@ -87,12 +87,12 @@ def test_failed_stage_leaves_the_session_as_it_was(session, tmp_path):
 
 def test_split_is_seeded_and_stable_under_cleaning(session):
     first = session.split(validation_fraction=0.2, seed=3)
-    val_ids = set(session.validation["row_id"])
+    val_ids = set(session.validation_split["row_id"])
     again = session.split(validation_fraction=0.2, seed=3)
-    assert first.validation_rows == again.validation_rows and set(session.validation["row_id"]) == val_ids
+    assert first.validation_rows == again.validation_rows and set(session.validation_split["row_id"]) == val_ids
     session.clean()
-    assert set(session.validation["row_id"]) <= val_ids
-    assert not set(session.train["row_id"]) & val_ids
+    assert set(session.validation_split["row_id"]) <= val_ids
+    assert not set(session.train_split["row_id"]) & val_ids
 
 
 def test_save_and_open_restore_everything(session):

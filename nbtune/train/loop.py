@@ -1,0 +1,446 @@
+"""The training loop, readable top to bottom.
+
+`Engine.run()` does, for each optimizer step:
+
+1. honour stop / pause requests (a checkpoint is written first);
+2. take this step's sequences (a pure function of the step number, see
+   `packing`), split them into micro-batches and accumulate gradients; the
+   loss is summed over trained tokens and divided by the step's trained-token
+   count, so the result does not depend on how the step is split;
+3. clip, step the optimizer, emit a `step` event;
+4. evaluate, sample and checkpoint at their intervals.
+
+An out-of-memory error in a step is recovered: memory is released and, with
+`auto_batch`, the micro-batch halves and gradient accumulation doubles, so the
+effective batch and the step count stay the same. Any other error ends the
+run with an `error` event, after saving the last completed step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nbtune.config import TrainConfig
+from nbtune.data import column
+from nbtune.events import Event, EventBus, StopToken
+from nbtune.train import checkpoint as ckpt
+from nbtune.train import memory
+from nbtune.train.packing import Packed, one_per_sequence, pack
+
+
+class _Interrupted(Exception):
+    """Raised inside a step when the user pressed Ctrl-C / the stop button."""
+
+
+@dataclass
+class Plan:
+    """The shape of a run, fixed at its start."""
+
+    total_steps: int
+    steps_per_epoch: int
+    sequences_per_epoch: int
+    seq_len: int
+    sequences_per_step: int
+    micro_batch: int
+    grad_accum: int
+    warmup_steps: int
+    eval_every: int
+    checkpoint_every: int | None
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.sequences_per_step * self.seq_len
+
+
+def make_plan(config: TrainConfig, *, sequences_per_epoch: int, seq_len: int) -> Plan:
+    """Turn steps / epochs / token budget and batch settings into a concrete plan."""
+    micro = config.batch_size
+    accum = config.grad_accum
+    if config.batch_tokens:
+        accum = max(1, round(config.batch_tokens / (micro * seq_len)))
+    per_step = micro * accum
+    if sequences_per_epoch < per_step:
+        micro = max(1, min(micro, sequences_per_epoch))
+        accum = max(1, sequences_per_epoch // micro)
+        per_step = micro * accum
+    steps_per_epoch = max(1, sequences_per_epoch // per_step)
+    if config.steps:
+        total = config.steps
+    elif config.token_budget:
+        total = max(1, math.ceil(config.token_budget / (per_step * seq_len)))
+    else:
+        total = max(1, math.ceil((config.epochs or 1.0) * steps_per_epoch))
+    warmup = config.warmup_steps if config.warmup_steps is not None else max(1, round(0.05 * total))
+    eval_every = config.eval_every or max(1, total // 10)
+    return Plan(total, steps_per_epoch, sequences_per_epoch, seq_len, per_step, micro, accum, min(warmup, total),
+                eval_every, config.checkpoint_every)
+
+
+def learning_rate(step: int, plan: Plan, config: TrainConfig) -> float:
+    """Warmup then cosine / linear decay to `min_lr_ratio` of the peak (or constant)."""
+    peak = config.learning_rate
+    if step < plan.warmup_steps:
+        return peak * (step + 1) / plan.warmup_steps
+    if config.schedule == "constant" or plan.total_steps <= plan.warmup_steps:
+        return peak
+    progress = (step - plan.warmup_steps) / max(1, plan.total_steps - plan.warmup_steps)
+    floor = peak * config.min_lr_ratio
+    if config.schedule == "linear":
+        return floor + (peak - floor) * (1 - progress)
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _param_groups(model: Any, weight_decay: float) -> tuple[list[dict], dict[int, str]]:
+    """AdamW groups (no decay on norms and biases) and a stable id -> name map for checkpoints."""
+    decay, no_decay, names = [], [], {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        names[id(param)] = name
+        (decay if param.ndim >= 2 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]], names
+
+
+class Engine:
+    """Runs one training run of a `LoadedModel` on tokenized data, emitting events on `bus`."""
+
+    def __init__(self, *, loaded_model: Any, train_rows: Any, validation_rows: Any, config: TrainConfig,
+                 seq_len: int, pack_rows: bool, pad_id: int, run_dir: Path, run_id: str, bus: EventBus,
+                 token: StopToken, flops_per_token: float, sample_prompt_ids: list[int] | None = None,
+                 decode: Any = None) -> None:
+        self.lm = loaded_model
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.run_id = run_id
+        self.bus = bus
+        self.token = token
+        self.flops_per_token = flops_per_token
+        self.sample_prompt_ids = sample_prompt_ids
+        self.decode = decode
+        self.pack_rows, self.pad_id, self.seq_len = pack_rows, pad_id, seq_len
+        self.train_docs = (column(train_rows, "input_ids"), column(train_rows, "loss_mask"))
+        self.val_docs = (column(validation_rows, "input_ids"), column(validation_rows, "loss_mask"))
+        first = self._epoch(0)
+        if len(first) == 0:
+            from nbtune.errors import DataError
+
+            raise DataError(f"the training split has fewer tokens than one sequence of {seq_len}",
+                            fix="load more data, or lower seq_len / context_length")
+        self.plan = make_plan(config, sequences_per_epoch=len(first), seq_len=seq_len)
+        self._epochs: dict[int, Packed] = {0: first}
+        self._val = self._packed(self.val_docs, epoch=0, shuffle=False)
+        self.step = 0
+        self.tokens_seen = 0
+        self.elapsed = 0.0
+        self.optimizer: Any = None
+        self.param_names: dict[int, str] = {}
+        self.scaler: Any = None
+        self.last_checkpoint: Path | None = None
+        self.error: Exception | None = None
+        self.status = "created"
+
+    # ------------------------------------------------------------ data
+    def _packed(self, docs: tuple[list, list], *, epoch: int, shuffle: bool) -> Packed:
+        if self.pack_rows:
+            return pack(docs[0], docs[1], seq_len=self.seq_len, seed=self.config.seed, epoch=epoch, shuffle=shuffle)
+        return one_per_sequence(docs[0], docs[1], seq_len=self.seq_len, pad_id=self.pad_id, seed=self.config.seed,
+                                epoch=epoch, shuffle=shuffle)
+
+    def _epoch(self, epoch: int) -> Packed:
+        cache = getattr(self, "_epochs", {})
+        if epoch not in cache:
+            cache.clear()  # keep one epoch in memory
+            cache[epoch] = self._packed(self.train_docs, epoch=epoch, shuffle=True)
+        return cache[epoch]
+
+    def _step_batch(self, step: int) -> tuple[np.ndarray, ...]:
+        """The sequences of optimizer step `step`: a pure function of the step number."""
+        epoch, index = divmod(step, self.plan.steps_per_epoch)
+        data = self._epoch(epoch)
+        rows = slice(index * self.plan.sequences_per_step, (index + 1) * self.plan.sequences_per_step)
+        return data.input_ids[rows], data.targets[rows], data.weights[rows], data.position_ids[rows]
+
+    # ------------------------------------------------------------ setup
+    def setup_optimizer(self) -> None:
+        import torch
+
+        groups, self.param_names = _param_groups(self.lm.model, self.config.weight_decay)
+        fused = self.lm.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(groups, lr=self.config.learning_rate, betas=(0.9, 0.95), eps=1e-8,
+                                           fused=fused)
+        if self.lm.device.needs_loss_scaling:
+            self.scaler = torch.amp.GradScaler("cuda")
+
+    def restore(self, folder: Path) -> None:
+        """Continue from a checkpoint: weights, optimizer, RNG, data position."""
+        if self.optimizer is None:
+            self.setup_optimizer()
+        state = ckpt.load_checkpoint(folder, loaded_model=self.lm, optimizer=self.optimizer,
+                                     param_names=self.param_names)
+        if self.lm.device.type == "cuda":
+            for group in self.optimizer.param_groups:
+                for param in group["params"]:
+                    if "step" in self.optimizer.state.get(param, {}):
+                        self.optimizer.state[param]["step"] = self.optimizer.state[param]["step"].to(param.device)
+        self.step = state["step"]
+        self.tokens_seen = state["tokens_seen"]
+        self.elapsed = state["elapsed"]
+        self.plan.micro_batch, self.plan.grad_accum = state["micro_batch"], state["grad_accum"]
+        if self.scaler is not None and state.get("loss_scale"):
+            self.scaler.update(state["loss_scale"])
+        self.last_checkpoint = Path(folder)
+
+    # ------------------------------------------------------------ events
+    def emit(self, kind: str, **data: Any) -> None:
+        self.bus.emit(Event(kind, self.run_id, self.step, data))
+
+    # ------------------------------------------------------------ the loop
+    def run(self) -> str:
+        """Train until the plan is done or a stop is requested; returns the final status."""
+        if self.optimizer is None:
+            self.setup_optimizer()
+        self.lm.model.train()
+        self.status = "running"
+        self.emit("run_start", plan=self.plan.__dict__, device=self.lm.device.describe(), method=self.lm.method,
+                  resumed_from=str(self.last_checkpoint) if self.last_checkpoint else None)
+        try:
+            while self.step < self.plan.total_steps:
+                if self._handle_requests():
+                    return self._finish("stopped")
+                self._one_step()
+                self._after_step()
+            self.save_checkpoint("end")
+            return self._finish("finished")
+        except (KeyboardInterrupt, _Interrupted):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.save_checkpoint("stop")
+            return self._finish("stopped")
+        except Exception as exc:
+            return self._fail(exc)
+
+    def _handle_requests(self) -> bool:
+        """True when the run must stop now; blocks while paused."""
+        if self.token.stop_requested:
+            self.save_checkpoint("stop")
+            return True
+        if self.token.pause_requested:
+            self.save_checkpoint("pause")
+            self.status = "paused"
+            self.token.wait_for_resume()
+            self.status = "running"
+            return self.token.stop_requested
+        return False
+
+    def _one_step(self) -> None:
+        """One optimizer step, retried with a smaller micro-batch after an out-of-memory error."""
+        while True:
+            try:
+                started = time.perf_counter()
+                memory.reset_peak(self.lm.device.type)
+                loss, trained, grad_norm = self._forward_backward_step()
+                self._report_step(loss, trained, grad_norm, time.perf_counter() - started)
+                return
+            except Exception as exc:
+                if not memory.is_oom(exc):
+                    raise
+                self._recover_from_oom(exc)
+
+    def _forward_backward_step(self) -> tuple[float, int, float]:
+        import torch
+
+        inputs, targets, weights, positions = self._step_batch(self.step)
+        total_weight = max(float(weights.sum()), 1.0)
+        lr = learning_rate(self.step, self.plan, self.config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=self.lm.device.torch_device)
+        micro = self.plan.micro_batch
+        for start in range(0, len(inputs), micro):
+            part = slice(start, start + micro)
+            loss = self._micro_loss(inputs[part], targets[part], weights[part], positions[part]) / total_weight
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            loss_sum += loss.detach()
+        grad_norm = self._clip()
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss_sum), int(weights.sum()), grad_norm
+
+    def _micro_loss(self, inputs: np.ndarray, targets: np.ndarray, weights: np.ndarray,
+                    positions: np.ndarray) -> Any:
+        """Sum over trained tokens of the cross-entropy (not yet normalised)."""
+        import torch
+        import torch.nn.functional as F
+
+        dev = self.lm.device.torch_device
+        as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev, non_blocking=True)  # noqa: E731
+        dtype = self.lm.device.autocast_dtype
+        with torch.autocast(device_type=self.lm.device.type, dtype=dtype, enabled=dtype is not None):
+            logits = self.lm.model(input_ids=as_tensor(inputs), position_ids=as_tensor(positions),
+                                   use_cache=False).logits
+        per_token = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), as_tensor(targets).reshape(-1),
+                                    reduction="none")
+        return (per_token * as_tensor(weights).reshape(-1)).sum()
+
+    def _clip(self) -> float:
+        import torch
+
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not params:
+            return 0.0
+        max_norm = self.config.max_grad_norm if self.config.max_grad_norm is not None else float("inf")
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+    def _recover_from_oom(self, exc: BaseException) -> None:
+        memory.release_after_oom(exc, self.optimizer)
+        plan = self.plan
+        if not self.config.auto_batch or plan.micro_batch == 1:
+            advice = ("lower batch_size, enable gradient_checkpointing, shorten seq_len, or use lora/qlora"
+                      if plan.micro_batch == 1 else "set auto_batch=True, or lower batch_size")
+            raise MemoryError(f"out of memory at step {self.step + 1} with micro-batch {plan.micro_batch}; {advice}")
+        old = plan.micro_batch
+        plan.micro_batch = max(1, old // 2)
+        plan.grad_accum = math.ceil(plan.sequences_per_step / plan.micro_batch)
+        self.emit("error", recovered=True, kind_of_error="out_of_memory",
+                  message=f"out of memory at step {self.step + 1}: micro-batch {old} -> {plan.micro_batch}, "
+                          f"gradient accumulation -> {plan.grad_accum}; effective batch unchanged, training goes on",
+                  micro_batch=plan.micro_batch, grad_accum=plan.grad_accum)
+
+    def _report_step(self, loss: float, trained: int, grad_norm: float, seconds: float) -> None:
+        self.step += 1
+        self.tokens_seen += self.plan.tokens_per_step
+        self.elapsed += seconds
+        tokens_per_s = self.plan.tokens_per_step / max(seconds, 1e-9)
+        mfu = (self.flops_per_token * tokens_per_s / self.lm.device.peak_flops
+               if self.lm.device.peak_flops else None)
+        self.emit("step", loss=loss, lr=learning_rate(self.step - 1, self.plan, self.config), grad_norm=grad_norm,
+                  tokens=self.plan.tokens_per_step, trained_tokens=trained, tokens_seen=self.tokens_seen,
+                  tokens_per_s=tokens_per_s, mfu=mfu, memory=memory.peak_memory(self.lm.device.type),
+                  elapsed=self.elapsed, epoch=self.step / self.plan.steps_per_epoch, total_steps=self.plan.total_steps,
+                  micro_batch=self.plan.micro_batch, grad_accum=self.plan.grad_accum,
+                  flops=self.flops_per_token * self.tokens_seen)
+
+    def _after_step(self) -> None:
+        plan = self.plan
+        if self.step % plan.eval_every == 0 or self.step == plan.total_steps:
+            self.evaluate()
+            self.sample()
+        if plan.checkpoint_every and self.step % plan.checkpoint_every == 0 and self.step < plan.total_steps:
+            self.save_checkpoint("interval")
+
+    # ------------------------------------------------------------ eval, sample, checkpoint
+    def evaluate(self) -> dict[str, float] | None:
+        """Mean loss per trained token on the first `eval_batches` validation micro-batches."""
+        import torch
+
+        if len(self._val) == 0:
+            return None
+        n = min(len(self._val), self.config.eval_batches * self.plan.micro_batch)
+        total, weight = 0.0, 0.0
+        self.lm.model.eval()
+        try:
+            with torch.no_grad():
+                for start in range(0, n, self.plan.micro_batch):
+                    part = slice(start, min(start + self.plan.micro_batch, n))
+                    total += float(self._micro_loss(self._val.input_ids[part], self._val.targets[part],
+                                                    self._val.weights[part], self._val.position_ids[part]))
+                    weight += float(self._val.weights[part].sum())
+        finally:
+            self.lm.model.train()
+        if weight == 0:
+            return None
+        loss = total / weight
+        result = {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)), "eval_tokens": int(weight),
+                  "tokens_seen": self.tokens_seen, "elapsed": self.elapsed,
+                  "flops": self.flops_per_token * self.tokens_seen}
+        self.emit("eval", **result)
+        return result
+
+    def sample(self, max_new_tokens: int = 40) -> str | None:
+        """Greedy text from the model for the configured prompt (a `sample` event)."""
+        import torch
+
+        if not self.sample_prompt_ids or self.decode is None:
+            return None
+        self.lm.model.eval()
+        try:
+            with torch.no_grad():
+                ids = torch.tensor([self.sample_prompt_ids], device=self.lm.device.torch_device)
+                out = self.lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                             max_new_tokens=max_new_tokens, do_sample=False,
+                                             pad_token_id=self.pad_id)
+        finally:
+            self.lm.model.train()
+        text = self.decode(out[0, ids.shape[1]:].tolist())
+        self.emit("sample", prompt=self.decode(self.sample_prompt_ids), text=text)
+        return text
+
+    def state(self) -> dict[str, Any]:
+        return {"step": self.step, "tokens_seen": self.tokens_seen, "elapsed": self.elapsed,
+                "micro_batch": self.plan.micro_batch, "grad_accum": self.plan.grad_accum,
+                "data_position": {"epoch": self.step // self.plan.steps_per_epoch,
+                                  "sequence": (self.step % self.plan.steps_per_epoch) * self.plan.sequences_per_step},
+                "loss_scale": float(self.scaler.get_scale()) if self.scaler else None,
+                "plan": self.plan.__dict__, "config": self.config.to_dict(),
+                "parameters": [self.param_names[id(p)] for g in self.optimizer.param_groups for p in g["params"]]}
+
+    def save_checkpoint(self, reason: str) -> Path | None:
+        if self.last_checkpoint is not None and self.last_checkpoint.name == f"step-{self.step:06d}":
+            return self.last_checkpoint  # this step is already on disk
+        if self.optimizer is None:
+            return None
+        path = ckpt.save_checkpoint(self.run_dir, self.step, loaded_model=self.lm, optimizer=self.optimizer,
+                                    param_names=self.param_names, state=self.state(),
+                                    keep=self.config.keep_checkpoints)
+        self.last_checkpoint = path
+        self.emit("checkpoint", path=str(path), reason=reason)
+        return path
+
+    # ------------------------------------------------------------ endings
+    def _finish(self, status: str) -> str:
+        self.status = status
+        self.emit("run_end", status=status, checkpoint=str(self.last_checkpoint) if self.last_checkpoint else None,
+                  elapsed=self.elapsed, tokens_seen=self.tokens_seen)
+        self.release()
+        return status
+
+    def _fail(self, exc: Exception) -> str:
+        """Save the last completed step, report the error, end the run."""
+        oom = memory.is_oom(exc) or isinstance(exc, MemoryError)
+        if oom:
+            memory.release_after_oom(exc, self.optimizer)
+        saved = None
+        try:
+            if self.optimizer is not None:
+                self.optimizer.zero_grad(set_to_none=True)
+                saved = self.save_checkpoint("error")
+        except Exception as save_exc:  # report both; the original error matters most
+            exc.add_note(f"saving a checkpoint after the error also failed: {save_exc!r}")
+        self.error = exc
+        self.emit("error", recovered=False, kind_of_error="out_of_memory" if oom else type(exc).__name__,
+                  message=str(exc), checkpoint=str(saved) if saved else None)
+        self.status = "failed"
+        self.emit("run_end", status="failed", checkpoint=str(self.last_checkpoint) if self.last_checkpoint else None,
+                  elapsed=self.elapsed, tokens_seen=self.tokens_seen, error=f"{type(exc).__name__}: {exc}")
+        self.release()
+        return "failed"
+
+    def release(self) -> None:
+        """Drop optimizer state and gradients so device memory returns to what the model alone needs."""
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer = None
+        self.scaler = None
+        memory.release_after_oom(None)

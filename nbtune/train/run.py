@@ -1,0 +1,147 @@
+"""The run handle: what `Session.train()` returns.
+
+`run.wait()`, `run.stop()`, `run.pause()`, `run.resume()`, `run.metrics`.
+A run executes in a worker thread inside JupyterLab (so the notebook stays
+usable and widgets keep updating) and in the foreground elsewhere: in scripts,
+and in Colab and VS Code, where output from a thread does not reach the
+notebook. In the foreground, Ctrl-C / the interrupt button is a graceful stop.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from nbtune.events import EventBus, StopToken
+from nbtune.train.listeners import MetricsRecorder
+
+
+def in_jupyter_kernel() -> bool:
+    """True inside an IPython kernel (JupyterLab, Notebook, Colab, VS Code)."""
+    shell = sys.modules.get("IPython") and getattr(sys.modules["IPython"], "get_ipython", lambda: None)()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def frontend() -> str:
+    """'colab', 'vscode', 'jupyter' or 'script': where widgets can (not) update from a thread."""
+    if "google.colab" in sys.modules:
+        return "colab"
+    if not in_jupyter_kernel():
+        return "script"
+    if "VSCODE_PID" in os.environ or "VSCODE_CWD" in os.environ:
+        return "vscode"
+    return "jupyter"
+
+
+def default_background() -> bool:
+    return frontend() == "jupyter"
+
+
+class Run:
+    """A training run: its folder, its events, and controls that act at the next step boundary."""
+
+    def __init__(self, run_id: str, run_dir: Path, engine_factory: Any, bus: EventBus, token: StopToken,
+                 recorder: MetricsRecorder, background: bool) -> None:
+        self.id = run_id
+        self.dir = Path(run_dir)
+        self.bus = bus
+        self.background = background
+        self._make_engine = engine_factory
+        self._token = token
+        self._recorder = recorder
+        self._thread: threading.Thread | None = None
+        self.engine: Any = None
+
+    # ------------------------------------------------------------ control
+    def start(self, resume_from: Path | None = None) -> Run:
+        """Start (or continue from a checkpoint) in a thread or in the foreground."""
+        if self.running:
+            raise RuntimeError(f"{self.id} is already running; stop() or wait() first")
+        self._token.reset()
+        self.engine = self._make_engine()
+        if resume_from is not None:
+            self.engine.restore(resume_from)
+        self.engine.status = "running"
+        if self.background:
+            self._thread = threading.Thread(target=self._run_engine, name=f"nbtune-{self.id}", daemon=True)
+            self._thread.start()
+        else:
+            self._run_engine()
+        return self
+
+    def _run_engine(self) -> None:
+        self.engine.run()
+
+    @property
+    def status(self) -> str:
+        """created, running, paused, finished, stopped or failed."""
+        return self.engine.status if self.engine is not None else "created"
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> Run:
+        """Block until the run ends (or `timeout` seconds pass)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self
+
+    def stop(self) -> Run:
+        """Stop after the current optimizer step; a checkpoint is written first."""
+        self._token.request_stop()
+        return self
+
+    def pause(self) -> Run:
+        """Pause after the current step (a checkpoint is written); `resume()` continues."""
+        self._token.request_pause()
+        return self
+
+    def resume(self) -> Run:
+        """Continue: un-pause a paused run, or restart a stopped/failed run from its last checkpoint."""
+        if self.running:
+            self._token.request_resume()
+            return self
+        if self.status == "finished":
+            raise RuntimeError(f"{self.id} already finished; start a new run with s.train(...)")
+        checkpoint = self.last_checkpoint
+        if checkpoint is None:
+            raise RuntimeError(f"{self.id} has no checkpoint to resume from")
+        return self.start(resume_from=checkpoint)
+
+    # ------------------------------------------------------------ results
+    @property
+    def last_checkpoint(self) -> Path | None:
+        from nbtune.train.checkpoint import list_checkpoints
+
+        if self.engine is not None and self.engine.last_checkpoint is not None:
+            return self.engine.last_checkpoint
+        found = list_checkpoints(self.dir)
+        return found[-1] if found else None
+
+    @property
+    def metrics(self) -> list[dict[str, Any]]:
+        """Step records (loss, lr, grad_norm, tokens_seen, tokens_per_s, mfu, memory, ...)."""
+        return self._recorder.of_kind("step")
+
+    @property
+    def evals(self) -> list[dict[str, Any]]:
+        return self._recorder.of_kind("eval")
+
+    @property
+    def losses(self) -> list[float]:
+        return [r["loss"] for r in self.metrics]
+
+    @property
+    def error(self) -> Exception | None:
+        return self.engine.error if self.engine is not None else None
+
+    def __repr__(self) -> str:
+        step = self.engine.step if self.engine is not None else 0
+        total = self.engine.plan.total_steps if self.engine is not None else "?"
+        last = self.metrics[-1]["loss"] if self.metrics else None
+        loss = f", loss {last:.4f}" if last is not None else ""
+        return f"Run({self.id!r}, {self.status}, step {step}/{total}{loss})"
