@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import html
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -77,19 +78,32 @@ def bullet_list(items: Iterable[str], cls: str = "") -> str:
     return f'<ul class="{esc(cls)}">{lis}</ul>' if lis else ""
 
 
+_DIFF_TOKENS = re.compile(r"\s+|[^\s]+")
+_VISIBLE_SPACE = str.maketrans({" ": "·", "\t": "→", "\n": "↵\n"})
+
+
+def _diff_piece(tag: str, text: str) -> str:
+    """A changed piece; whitespace-only changes are drawn with visible marks (· → ↵)."""
+    shown = text.translate(_VISIBLE_SPACE) if text.isspace() else text
+    return f"<{tag}>{esc(shown)}</{tag}>"
+
+
 def diff_html(before: str, after: str) -> str:
-    """Word-level before/after diff: removed text in <del>, added in <ins>, all escaped."""
-    a, b = before.split(" "), after.split(" ")
+    """Word-level before/after diff: removed text in <del>, added in <ins>, all escaped.
+
+    Whitespace is diffed too (collapsing "a  b" to "a b" shows a struck-out "·").
+    """
+    a, b = _DIFF_TOKENS.findall(before), _DIFF_TOKENS.findall(after)
     out = []
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
         if op == "equal":
-            out.append(esc(" ".join(a[i1:i2])))
+            out.append(esc("".join(a[i1:i2])))
             continue
         if i2 > i1:
-            out.append(f"<del>{esc(' '.join(a[i1:i2]))}</del>")
+            out.append(_diff_piece("del", "".join(a[i1:i2])))
         if j2 > j1:
-            out.append(f"<ins>{esc(' '.join(b[j1:j2]))}</ins>")
-    return " ".join(out)
+            out.append(_diff_piece("ins", "".join(b[j1:j2])))
+    return "".join(out)
 
 
 def figure_html(fig: Any, *, full_html: bool = False, include_plotlyjs: Any = False) -> str:
