@@ -714,7 +714,8 @@ def _clean_report(result: Any, *, applied: bool, train_rows: int | None = None,
              for s in result.steps]
     return CleanReport(applied=applied, rows_before=result.rows_before, rows_after=result.rows_after, steps=steps,
                        lengths_before=list(result.lengths_before), lengths_after=list(result.lengths_after),
-                       seconds=result.seconds, train_rows=train_rows, validation_rows=validation_rows)
+                       seconds=result.seconds, train_rows=train_rows, validation_rows=validation_rows,
+                       sampled=result.sampled)
 
 
 def _token_report(tokenized: Any, tokenizer: Any, name: str, settings: TokenizerConfig, data_format: str,

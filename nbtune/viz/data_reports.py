@@ -119,10 +119,14 @@ class CleanReport(Report):
     seconds: float
     train_rows: int | None = None
     validation_rows: int | None = None
+    sampled: bool = False
 
     @property
     def title(self) -> str:  # type: ignore[override]
-        return "Cleaning applied" if self.applied else "Cleaning preview (on a sample; nothing changed yet)"
+        if self.applied:
+            return "Cleaning applied"
+        scope = "on a sample" if self.sampled else "on all rows"
+        return f"Cleaning preview ({scope}; nothing changed yet)"
 
     def summary(self) -> list[tuple[str, Any]]:
         removed = self.rows_before - self.rows_after
