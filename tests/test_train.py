@@ -242,3 +242,9 @@ def test_train_before_model_says_what_to_do(tmp_path):
     s.tokenize(vocab_size=280, context_length=16)
     with pytest.raises(nbtune.StageOrderError, match="new_model"):
         s.train(steps=1)
+
+
+def test_gradient_checkpointing_gives_the_same_losses(tmp_path):
+    reference = _fresh_scratch(tmp_path / "ref").train(steps=3, **FAST).losses
+    checkpointed = _fresh_scratch(tmp_path / "gc").train(steps=3, gradient_checkpointing=True, **FAST).losses
+    np.testing.assert_allclose(checkpointed, reference, rtol=1e-5)

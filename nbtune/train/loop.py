@@ -108,6 +108,15 @@ def _param_groups(model: Any, weight_decay: float) -> tuple[list[dict], dict[int
     return [g for g in groups if g["params"]], names
 
 
+def _enable_activation_checkpointing(model: Any) -> None:
+    """Recompute activations in the backward pass (transformers renamed the API in 5.x)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 class Engine:
     """Runs one training run of a `LoadedModel` on tokenized data, emitting events on `bus`."""
 
@@ -144,6 +153,7 @@ class Engine:
         self.scaler: Any = None
         self.last_checkpoint: Path | None = None
         self.error: Exception | None = None
+        self._forward: Any = loaded_model.model
         self.status = "created"
 
     # ------------------------------------------------------------ data
@@ -171,12 +181,23 @@ class Engine:
     def setup_optimizer(self) -> None:
         import torch
 
+        self._prepare_model()
         groups, self.param_names = _param_groups(self.lm.model, self.config.weight_decay)
         fused = self.lm.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(groups, lr=self.config.learning_rate, betas=(0.9, 0.95), eps=1e-8,
                                            fused=fused)
         if self.lm.device.needs_loss_scaling:
             self.scaler = torch.amp.GradScaler("cuda")
+
+    def _prepare_model(self) -> None:
+        """Apply the run's model options: gradient checkpointing and torch.compile."""
+        import torch
+
+        model = self.lm.model
+        if self.config.gradient_checkpointing:
+            _enable_activation_checkpointing(model)
+        # compile a wrapper, not the model itself: checkpoints keep saving the plain module
+        self._forward = torch.compile(model) if self.config.compile else model
 
     def restore(self, folder: Path) -> None:
         """Continue from a checkpoint: weights, optimizer, RNG, data position."""
@@ -286,8 +307,8 @@ class Engine:
         as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev, non_blocking=True)  # noqa: E731
         dtype = self.lm.device.autocast_dtype
         with torch.autocast(device_type=self.lm.device.type, dtype=dtype, enabled=dtype is not None):
-            logits = self.lm.model(input_ids=as_tensor(inputs), position_ids=as_tensor(positions),
-                                   use_cache=False).logits
+            forward = self._forward if self.lm.model.training else self.lm.model
+            logits = forward(input_ids=as_tensor(inputs), position_ids=as_tensor(positions), use_cache=False).logits
         per_token = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), as_tensor(targets).reshape(-1),
                                     reduction="none")
         return (per_token * as_tensor(weights).reshape(-1)).sum()
@@ -443,4 +464,5 @@ class Engine:
             self.optimizer.zero_grad(set_to_none=True)
         self.optimizer = None
         self.scaler = None
+        self._forward = self.lm.model
         memory.release_after_oom(None)
