@@ -70,9 +70,15 @@ def test_undo_and_replay_on_new_data(session):
     assert report.rows_after == 2 and any("<EMAIL>" in t for t in session.dataset["text"])
 
 
+def _state_without_time(session):
+    state = session.state()
+    state.pop("saved")
+    return json.dumps(state, sort_keys=True, default=str)
+
+
 def test_failed_stage_leaves_the_session_as_it_was(session, tmp_path):
     session.clean()
-    state_before = json.dumps(session.state(), sort_keys=True, default=str).replace(session.state()["saved"], "")
+    state_before = _state_without_time(session)
     rows_before = len(session.dataset)
     with pytest.raises(DataError):
         session.load(tmp_path / "does-not-exist.jsonl")
@@ -81,7 +87,7 @@ def test_failed_stage_leaves_the_session_as_it_was(session, tmp_path):
     with pytest.raises(nbtune.ConfigError):
         session.clean(keep_regex="([unclosed")
     assert len(session.dataset) == rows_before and session.clean_applied
-    state_after = json.dumps(session.state(), sort_keys=True, default=str).replace(session.state()["saved"], "")
+    state_after = _state_without_time(session)
     assert state_after == state_before
 
 
