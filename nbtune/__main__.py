@@ -6,39 +6,52 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 def demo(workdir: Path, out: Path | None, quick: bool) -> Path:
-    """Both paths on the embedded data: pre-training text (KJV) and fine-tuning dialogs.
+    """Both paths on the embedded data, end to end, in one HTML report.
 
-    Each gets its own Session (load -> preview -> clean -> tokenize); one HTML
-    report holds both, so the two kinds of data can be compared side by side.
+    * from scratch: KJV verses -> clean -> new BPE tokenizer -> tiny Llama -> train;
+    * fine-tune: chat dialogs -> clean -> SmolLM2-135M-Instruct (embedded) with LoRA -> train.
     """
     from nbtune.session import Session
     from nbtune.viz.report import write_html_report
 
     sections = []
-    plans = [
-        ("kjv", "Pre-training text (KJV verses)", dict(tokenizer="bpe", vocab_size=2048 if quick else 4096,
-                                                        context_length=256)),
-        ("dialogs", "Fine-tuning dialogs (chatterbot-corpus)", dict(tokenizer="bpe", vocab_size=1024 if quick else 2048,
-                                                                     context_length=256)),
-    ]
-    for name, label, token_settings in plans:
-        step_started = time.perf_counter()
-        session = Session(workdir / name)
-        print(f"[{label}] loading ...", flush=True)
-        print(_indent(repr(session.load_example(name))))
-        preview = session.preview_clean(mask_pii=True)
-        print(_indent(repr(preview)))
-        print(_indent(repr(session.clean(mask_pii=True))))
-        print(_indent(repr(session.tokenize(**token_settings))))
-        print(f"[{label}] done in {time.perf_counter() - step_started:.1f} s\n", flush=True)
-        sections += [(f"{label}: {heading}", report) for heading, report in (
-            ("data", session.reports["load"]), ("cleaning preview", preview),
-            ("cleaning", session.reports["clean"]), ("tokens", session.reports["tokens"]))]
+    scratch = Session(workdir / "scratch")
+    sections += _data_stages(scratch, "kjv", "From scratch (KJV verses)", vocab_size=1024 if quick else 4096)
+    _say("From scratch", scratch.new_model(preset="tiny"))
+    run = scratch.train(steps=20 if quick else 150, batch_size=8, learning_rate=3e-3, eval_every=10 if quick else 25,
+                        sample_prompt="And God said", background=False)
+    sections += [("From scratch: model", scratch.reports["model"]), ("From scratch: training", run.report())]
+
+    tuned = Session(workdir / "finetune")
+    sections += _data_stages(tuned, "dialogs", "Fine-tune (chat dialogs)", vocab_size=1024)
+    _say("Fine-tune", tuned.use_model("default", method="lora"))
+    sections.append(("Fine-tune: tokens with the model's tokenizer", tuned.reports["tokens"]))
+    run = tuned.train(steps=4 if quick else 20, batch_size=4, seq_len=128, learning_rate=2e-4,
+                      eval_every=2 if quick else 10, eval_batches=4, sample_prompt="What is AI?", background=False)
+    sections += [("Fine-tune: model", tuned.reports["model"]), ("Fine-tune: training", run.report())]
     target = out or workdir / "report.html"
-    return write_html_report(target, "nbtune demo: pre-training text vs fine-tuning dialogs", sections)
+    return write_html_report(target, "nbtune demo: train from scratch vs fine-tune", sections)
+
+
+def _data_stages(session: Any, example: str, label: str, vocab_size: int) -> list[tuple[str, Any]]:
+    """load -> preview -> clean -> tokenize, printing each report; returns the report sections."""
+    started = time.perf_counter()
+    reports = [("data", session.load_example(example)), ("cleaning preview", session.preview_clean(mask_pii=True)),
+               ("cleaning", session.clean(mask_pii=True)),
+               ("tokens", session.tokenize(tokenizer="bpe", vocab_size=vocab_size, context_length=256))]
+    for _, report in reports:
+        _say(label, report)
+    print(f"[{label}] data ready in {time.perf_counter() - started:.1f} s\n", flush=True)
+    return [(f"{label}: {heading}", report) for heading, report in reports]
+
+
+def _say(label: str, report: Any) -> None:
+    print(f"[{label}]")
+    print(_indent(repr(report)), flush=True)
 
 
 def _indent(text: str) -> str:

@@ -395,8 +395,9 @@ class Session:
                            seq_len=seq_len)
         self._replace_model(loaded, {"kind": "pretrained", "config": settings.to_dict(), "context_length": seq_len})
         if self._loaded is not None:
-            self._tokenize_with(loaded.tokenizer, f"pretrained: {loaded.source}",
-                                (self.tokenizer_config or TokenizerConfig()).replace(tokenizer=loaded.source))
+            source = loaded.settings.get("resolved_source", loaded.source)
+            self._tokenize_with(loaded.tokenizer, f"the model's own: {loaded.source}",
+                                (self.tokenizer_config or TokenizerConfig()).replace(tokenizer=str(source)))
         return loaded.card
 
     def _replace_model(self, loaded: Any, settings: dict[str, Any]) -> None:
@@ -674,8 +675,11 @@ class Session:
 
         target = Path(path) if path is not None else self.workdir / "report.html"
         order = [("load", "1. Data"), ("split", "Split"), ("clean_preview", "2. Cleaning preview"),
-                 ("clean", "2. Cleaning"), ("tokens", "3. Tokens")]
-        sections = [(heading, self.reports[key]) for key, heading in order if key in self.reports]
+                 ("clean", "2. Cleaning"), ("tokens", "3. Tokens"), ("model", "4. Model"), ("train", "5. Training")]
+        reports = dict(self.reports)
+        if self._run is not None:
+            reports["train"] = self._run.report()
+        sections = [(heading, reports[key]) for key, heading in order if key in reports]
         if not sections:
             raise StageOrderError("nothing to report yet: load some data first (s.load(...) or s.load_example())")
         return write_html_report(target, title or f"nbtune report · {self.workdir.name}", sections)

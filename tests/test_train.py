@@ -248,3 +248,43 @@ def test_gradient_checkpointing_gives_the_same_losses(tmp_path):
     reference = _fresh_scratch(tmp_path / "ref").train(steps=3, **FAST).losses
     checkpointed = _fresh_scratch(tmp_path / "gc").train(steps=3, gradient_checkpointing=True, **FAST).losses
     np.testing.assert_allclose(checkpointed, reference, rtol=1e-5)
+
+
+def _counting_down_docs(n: int = 300, seed: int = 1) -> list[str]:
+    """The fine-tuning task: count downwards (the 'pretrained' model only saw counting up)."""
+    return [" ".join(reversed(doc.split())) for doc in _counting_docs(n, seed)]
+
+
+@pytest.fixture(scope="module")
+def tiny_pretrained(tmp_path_factory):
+    """A small 'pretrained' model folder: a tiny Llama trained (with nbtune) on counting up."""
+    from nbtune.data.tokens import train_bpe_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny-pretrained")
+    tokenizer = train_bpe_tokenizer(_counting_docs() + _counting_down_docs(), vocab_size=300)
+    tokenizer.save_pretrained(root / "tokenizer")
+    s = nbtune.Session(root / "pretraining")
+    s.load(_counting_docs(seed=5))
+    s.tokenize(tokenizer=str(root / "tokenizer"), context_length=32)
+    s.new_model(preset="tiny", layers=2, hidden_size=64, heads=4, kv_heads=2)
+    assert s.train(steps=60, **FAST).status == "finished"
+    s.model.save(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    return root / "model"
+
+
+@pytest.mark.parametrize("method,lr", [("full", 3e-3), ("lora", 1e-2), ("qlora", 1e-2), ("lora-8bit", 1e-2)])
+def test_fine_tuning_methods_learn(tmp_path, tiny_pretrained, method, lr):
+    s = nbtune.Session(tmp_path / method)
+    s.load(_counting_down_docs())
+    s.tokenize(vocab_size=300, context_length=32)
+    card = s.use_model(str(tiny_pretrained), method=method, lora_rank=16, lora_alpha=32, lora_dropout=0.0)
+    assert s.tokenizer_config.tokenizer == str(tiny_pretrained)  # re-tokenized with the model's tokenizer
+    trainable = {n: p.detach().clone() for n, p in s.model.model.named_parameters() if p.requires_grad}
+    run = s.train(steps=40, **{**FAST, "learning_rate": lr})
+    assert run.status == "finished", run.error
+    evals = [e["eval_loss"] for e in run.evals]
+    assert evals[-1] < 0.7 * evals[0], evals
+    after = dict(s.model.model.named_parameters())
+    assert all(not torch.equal(trainable[n], after[n]) for n in trainable)
+    assert card.params_trainable == sum(p.numel() for p in trainable.values())

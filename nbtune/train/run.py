@@ -139,6 +139,20 @@ class Run:
     def error(self) -> Exception | None:
         return self.engine.error if self.engine is not None else None
 
+    def report(self) -> Any:
+        """A `RunReport` of what happened so far (curves, speed, samples, problems)."""
+        from nbtune.viz.run_report import RunReport
+
+        records = self._recorder.records
+        pick = lambda kind: [r for r in records if r["kind"] == kind]  # noqa: E731
+        return RunReport(run_id=self.id, method=self.engine.lm.method if self.engine else "?", status=self.status,
+                         steps=pick("step"), evals=pick("eval"), samples=pick("sample"), errors=pick("error"),
+                         checkpoint=str(self.last_checkpoint) if self.last_checkpoint else None,
+                         total_steps=self.engine.plan.total_steps if self.engine else None)
+
+    def _ipython_display_(self) -> None:
+        self.report()._ipython_display_()
+
     def __repr__(self) -> str:
         step = self.engine.step if self.engine is not None else 0
         total = self.engine.plan.total_steps if self.engine is not None else "?"

@@ -79,3 +79,43 @@ def token_length_histogram(lengths: Sequence[int], context_length: int) -> Any:
     fig.add_vline(x=context_length, line_dash="dash", line_color=ORANGE,
                   annotation_text=f"context length {context_length:,}", annotation_position="top left")
     return _layout(fig, "Tokens per row vs context length", "tokens per row (last bar includes longer rows)")
+
+
+def training_curves(steps: Sequence[dict], evals: Sequence[dict], *, title: str = "Training loss") -> Any:
+    """Train loss per step (and validation loss at each evaluation) against optimizer steps."""
+    go = _go()
+    fig = go.Figure()
+    if steps:
+        fig.add_trace(go.Scatter(
+            x=[r["step"] for r in steps], y=[r["loss"] for r in steps], mode="lines", name="train loss",
+            line=dict(color=BLUE, width=1.5),
+            customdata=[[r.get("tokens_seen", 0), r.get("lr", 0.0)] for r in steps],
+            hovertemplate="step %{x}<br>train loss %{y:.4f}<br>%{customdata[0]:,} tokens seen"
+                          "<br>lr %{customdata[1]:.2e}<extra></extra>"))
+    if evals:
+        fig.add_trace(go.Scatter(
+            x=[r["step"] for r in evals], y=[r["eval_loss"] for r in evals], mode="lines+markers",
+            name="validation loss", line=dict(color=ORANGE, width=2), marker=dict(size=7),
+            hovertemplate="step %{x}<br>validation loss %{y:.4f}<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title="optimizer step", yaxis_title="loss (nats per token)",
+                      template="plotly_white", height=340, margin=dict(l=60, r=20, t=50, b=50),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
+    return fig
+
+
+def throughput_curve(steps: Sequence[dict]) -> Any:
+    """Tokens per second per step, with the learning rate on a second axis."""
+    go = _go()
+    fig = go.Figure([
+        go.Scatter(x=[r["step"] for r in steps], y=[r["tokens_per_s"] for r in steps], mode="lines",
+                   name="tokens/s", line=dict(color=BLUE), hovertemplate="step %{x}<br>%{y:,.0f} tokens/s<extra></extra>"),
+        go.Scatter(x=[r["step"] for r in steps], y=[r["lr"] for r in steps], mode="lines", name="learning rate",
+                   yaxis="y2", line=dict(color=GREY, dash="dot"),
+                   hovertemplate="step %{x}<br>lr %{y:.2e}<extra></extra>"),
+    ])
+    fig.update_layout(title="Throughput and learning rate", xaxis_title="optimizer step",
+                      yaxis=dict(title="tokens per second"),
+                      yaxis2=dict(title="learning rate", overlaying="y", side="right", showgrid=False),
+                      template="plotly_white", height=300, margin=dict(l=60, r=60, t=50, b=50),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
+    return fig
