@@ -22,16 +22,16 @@ def demo(workdir: Path, out: Path | None, quick: bool) -> Path:
     scratch = Session(workdir / "scratch")
     sections += _data_stages(scratch, "kjv", "From scratch (KJV verses)", vocab_size=1024 if quick else 4096)
     _say("From scratch", scratch.new_model(preset="tiny"))
-    run = scratch.train(steps=20 if quick else 150, batch_size=8, learning_rate=3e-3, eval_every=10 if quick else 25,
-                        sample_prompt="And God said", background=False)
+    run = scratch.train(steps=20 if quick else 100, batch_size=8, learning_rate=3e-3, eval_every=10 if quick else 25,
+                        eval_batches=8, sample_prompt="And God said", background=False)
     sections += [("From scratch: model", scratch.reports["model"]), ("From scratch: training", run.report())]
 
     tuned = Session(workdir / "finetune")
     sections += _data_stages(tuned, "dialogs", "Fine-tune (chat dialogs)", vocab_size=1024)
     _say("Fine-tune", tuned.use_model("default", method="lora"))
     sections.append(("Fine-tune: tokens with the model's tokenizer", tuned.reports["tokens"]))
-    run = tuned.train(steps=4 if quick else 20, batch_size=4, seq_len=128, learning_rate=2e-4,
-                      eval_every=2 if quick else 10, eval_batches=4, sample_prompt="What is AI?", background=False)
+    run = tuned.train(steps=2 if quick else 6, batch_size=2, seq_len=128, learning_rate=2e-4,
+                      eval_every=2 if quick else 3, eval_batches=2, sample_prompt="What is AI?", background=False)
     sections += [("Fine-tune: model", tuned.reports["model"]), ("Fine-tune: training", run.report())]
     target = out or workdir / "report.html"
     return write_html_report(target, "nbtune demo: train from scratch vs fine-tune", sections)

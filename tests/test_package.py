@@ -59,3 +59,11 @@ def test_demo_writes_a_report(tmp_path):
     assert report.exists() and f"Report written to {report}" in result.stdout
     html = report.read_text()
     assert "Pre-training text" in html and "Fine-tuning dialogs" in html and "Plotly.newPlot" in html
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    blocks = re.findall(r"```bash\n(.*?)\n```", (ROOT / "README.md").read_text(), re.DOTALL)
+    test_command = blocks[1].strip()
+    assert "pytest" in test_command
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert test_command in ci_lines
