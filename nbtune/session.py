@@ -521,7 +521,16 @@ class Session:
                       run_dir=self.workdir / record["dir"], run_id=record["id"], bus=bus, token=token,
                       flops_per_token=lm.card.flops_per_token,
                       sample_prompt_ids=self._sample_ids(tokenizer, settings.sample_prompt),
-                      decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
+                      decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=False),
+                      tokens_per_byte=self._tokens_per_byte("validation"))
+
+    def _tokens_per_byte(self, split: str) -> float | None:
+        """Trained tokens per byte of trained text in a split (turns nats/token into bits/byte)."""
+        part = self._tokens[split]
+        if len(part) == 0 or "n_bytes" not in part.column_names:
+            return None
+        total_bytes = sum(column(part, "n_bytes"))
+        return sum(column(part, "n_trained")) / total_bytes if total_bytes else None
 
     def _sample_ids(self, tokenizer: Any, prompt: str | None) -> list[int] | None:
         if not prompt:

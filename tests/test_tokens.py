@@ -100,3 +100,11 @@ def test_chat_template_added_only_when_missing(tokenizer):
     tokenizer_copy = tk.train_bpe_tokenizer(TEXTS[:8], vocab_size=300)
     tokenizer_copy.chat_template = None
     assert tk.ensure_chat_template(tokenizer_copy) is True and tokenizer_copy.chat_template
+
+
+def test_trained_bytes_counts_predicted_text_once(tokenizer):
+    text = "héllo wörld"  # multi-byte characters may be split across byte-level tokens
+    enc = tk.encode_text(tokenizer, text)
+    first_end = enc.offsets[0][1]
+    assert tk.trained_bytes(text, enc.offsets, enc.loss_mask) == len(text[first_end:].encode("utf-8"))
+    assert tk.trained_bytes(text, enc.offsets, [0] * len(enc.loss_mask)) == 0

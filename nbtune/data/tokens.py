@@ -164,31 +164,53 @@ def encode_row(tokenizer: Any, row: dict[str, Any], *, response_only: bool) -> E
     return encode_chat(tokenizer, row["messages"], response_only=response_only)
 
 
+def trained_bytes(text: str, offsets: list[tuple[int, int]], mask: list[int]) -> int:
+    """UTF-8 bytes of the text the model is scored on: the spans of masked-in tokens after the first.
+
+    The first token of a row is never predicted. Spans are merged before
+    counting, since byte-level tokens that split one character share its span.
+    Bits per byte = (sum of losses in nats) / ln 2 / trained_bytes, which does not
+    depend on the tokenizer, so models with different tokenizers compare fairly.
+    """
+    spans = sorted((s, e) for i, ((s, e), m) in enumerate(zip(offsets, mask, strict=True)) if m and i and e > s)
+    total, end = 0, 0
+    for start, stop in spans:
+        start = max(start, end)
+        if stop > start:
+            total += len(text[start:stop].encode("utf-8"))
+            end = stop
+    return total
+
+
 def encode_batch(batch: dict[str, list], tokenizer: Any, config: TokenizerConfig) -> dict[str, list]:
-    """`Dataset.map` function: adds input_ids, loss_mask, n_tokens (before any cut), truncated, n_trained.
+    """`Dataset.map` function: adds input_ids, loss_mask, n_tokens (before any cut), truncated, n_trained, n_bytes.
 
     Plain text longer than the context is kept whole when packing (it is split
     across sequences, nothing lost); otherwise, and for chat rows, it is cut.
+    `n_bytes` counts the UTF-8 bytes of the trained text (see `trained_bytes`).
     """
     if "text" in batch:
-        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
-        encoded = [(list(row) + [tokenizer.eos_token_id], None) for row in ids]
+        enc = tokenizer(batch["text"], add_special_tokens=False, return_offsets_mapping=True)
+        eos = tokenizer.eos_token_id
+        encoded = [Encoded(text, list(ids) + [eos], [1] * (len(ids) + 1), [tuple(o) for o in offs] + [(len(text),) * 2])
+                   for text, ids, offs in zip(batch["text"], enc["input_ids"], enc["offset_mapping"], strict=True)]
         splittable = config.pack
     else:
-        chats = (encode_chat(tokenizer, m, response_only=config.response_only_loss) for m in batch["messages"])
-        encoded = [(enc.input_ids, enc.loss_mask) for enc in chats]
+        encoded = [encode_chat(tokenizer, m, response_only=config.response_only_loss) for m in batch["messages"]]
         splittable = False
-    out: dict[str, list] = {"input_ids": [], "loss_mask": [], "n_tokens": [], "truncated": [], "n_trained": []}
+    out: dict[str, list] = {"input_ids": [], "loss_mask": [], "n_tokens": [], "truncated": [], "n_trained": [],
+                            "n_bytes": []}
     ctx = config.context_length
-    for row_ids, mask in encoded:
-        mask = mask if mask is not None else [1] * len(row_ids)
-        n = len(row_ids)
-        cut = n > ctx and not splittable
-        out["input_ids"].append(row_ids[:ctx] if cut else row_ids)
-        out["loss_mask"].append(mask[:ctx] if cut else mask)
+    for row in encoded:
+        n = len(row.input_ids)
+        keep = ctx if n > ctx and not splittable else n
+        mask = row.loss_mask[:keep]
+        out["input_ids"].append(row.input_ids[:keep])
+        out["loss_mask"].append(mask)
         out["n_tokens"].append(n)
-        out["truncated"].append(cut)
-        out["n_trained"].append(int(sum(out["loss_mask"][-1])))
+        out["truncated"].append(keep < n)
+        out["n_trained"].append(int(sum(mask)))
+        out["n_bytes"].append(trained_bytes(row.text, row.offsets[:keep], mask))
     return out
 
 

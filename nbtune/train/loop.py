@@ -123,7 +123,7 @@ class Engine:
     def __init__(self, *, loaded_model: Any, train_rows: Any, validation_rows: Any, config: TrainConfig,
                  seq_len: int, pack_rows: bool, pad_id: int, run_dir: Path, run_id: str, bus: EventBus,
                  token: StopToken, flops_per_token: float, sample_prompt_ids: list[int] | None = None,
-                 decode: Any = None) -> None:
+                 decode: Any = None, tokens_per_byte: float | None = None) -> None:
         self.lm = loaded_model
         self.config = config
         self.run_dir = Path(run_dir)
@@ -133,6 +133,7 @@ class Engine:
         self.flops_per_token = flops_per_token
         self.sample_prompt_ids = sample_prompt_ids
         self.decode = decode
+        self.tokens_per_byte = tokens_per_byte
         self.pack_rows, self.pad_id, self.seq_len = pack_rows, pad_id, seq_len
         self.train_docs = (column(train_rows, "input_ids"), column(train_rows, "loss_mask"))
         self.val_docs = (column(validation_rows, "input_ids"), column(validation_rows, "loss_mask"))
@@ -384,6 +385,7 @@ class Engine:
             return None
         loss = total / weight
         result = {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)), "eval_tokens": int(weight),
+                  "eval_bpb": loss / math.log(2) * self.tokens_per_byte if self.tokens_per_byte else None,
                   "tokens_seen": self.tokens_seen, "elapsed": self.elapsed,
                   "flops": self.flops_per_token * self.tokens_seen}
         self.emit("eval", **result)
