@@ -462,8 +462,24 @@ class Session:
                   "config": settings.to_dict(), "status": "created", "created": _now(), "checkpoint": None}
         run = self._make_run(record, settings, listeners, progress)
         self.runs.append(record)
+        self._write_run_file(record)
         self._autosave()
         return run.start()
+
+    def _write_run_file(self, record: dict[str, Any]) -> None:
+        """`runs/<id>/run.json`: everything needed to understand or compare the run without the session."""
+        lm = self._model
+        atomic_write_json(self.workdir / record["dir"] / "run.json", {
+            **record,
+            "model_source": lm.source,
+            "parameters": {"total": lm.card.params_total, "trainable": lm.card.params_trainable},
+            "flops_per_token": lm.card.flops_per_token,
+            "device": lm.device.describe(),
+            "data": {"sources": self.sources, "format": self.format,
+                     "clean": self._stored_clean() if self.clean_applied else None,
+                     "rows": {"train": len(self._tokens["train"]), "validation": len(self._tokens["validation"])}},
+            "tokenizer": self.tokenizer_config.to_dict() if self.tokenizer_config else None,
+        })
 
     def resume(self, run_id: str | None = None, *, listeners: tuple = (), progress: bool | None = None) -> Any:
         """Continue a stopped or failed run from its last checkpoint (also after `Session.open`)."""
