@@ -444,7 +444,7 @@ class Session:
         return self._run
 
     def train(self, config: Any = None, *, listeners: tuple = (), progress: bool | None = None,
-              **overrides: Any) -> Any:
+              live: bool | None = None, **overrides: Any) -> Any:
         """Train the current model on the tokenized training split; returns a `Run` handle.
 
         In JupyterLab the run goes to a worker thread (`run.wait()` blocks until it
@@ -460,7 +460,7 @@ class Session:
         run_id = f"run-{len(self.runs) + 1:03d}-{lm.method}"
         record = {"id": run_id, "dir": f"runs/{run_id}", "method": lm.method, "model": self.model_settings,
                   "config": settings.to_dict(), "status": "created", "created": _now(), "checkpoint": None}
-        run = self._make_run(record, settings, listeners, progress)
+        run = self._make_run(record, settings, listeners, progress, live)
         self.runs.append(record)
         self._write_run_file(record)
         self._autosave()
@@ -481,7 +481,8 @@ class Session:
             "tokenizer": self.tokenizer_config.to_dict() if self.tokenizer_config else None,
         })
 
-    def resume(self, run_id: str | None = None, *, listeners: tuple = (), progress: bool | None = None) -> Any:
+    def resume(self, run_id: str | None = None, *, listeners: tuple = (), progress: bool | None = None,
+               live: bool | None = None) -> Any:
         """Continue a stopped or failed run from its last checkpoint (also after `Session.open`)."""
         from nbtune.config import TrainConfig
 
@@ -489,7 +490,7 @@ class Session:
             return self._run.resume()
         record = self._run_record(run_id)
         self._require_model("resume")
-        run = self._make_run(record, TrainConfig.from_dict(record["config"]), listeners, progress)
+        run = self._make_run(record, TrainConfig.from_dict(record["config"]), listeners, progress, live)
         checkpoint = run.last_checkpoint
         if checkpoint is None:
             raise StageOrderError(f"{record['id']} has no checkpoint to resume from; start a new run with s.train()")
@@ -505,7 +506,19 @@ class Session:
                 return record
         raise StageOrderError(f"no run {run_id!r} in this session; runs: {', '.join(r['id'] for r in self.runs)}")
 
-    def _make_run(self, record: dict[str, Any], settings: Any, listeners: tuple, progress: bool | None) -> Any:
+    def _live_chart(self, record: dict[str, Any]) -> Any:
+        """The notebook's live chart for this run (None outside notebooks), already on screen."""
+        from nbtune.viz.live import notebook_listener
+
+        live = notebook_listener()
+        if live is None:
+            return None
+        live.final_figure = lambda: self._run.report().figures()[0]
+        live.show()
+        return live
+
+    def _make_run(self, record: dict[str, Any], settings: Any, listeners: tuple, progress: bool | None,
+                  live: bool | None = None) -> Any:
         from nbtune.events import EventBus, StopToken
         from nbtune.train.listeners import ConsoleProgress, MetricsFile, MetricsRecorder
         from nbtune.train.run import Run, default_background
@@ -516,7 +529,10 @@ class Session:
         bus.subscribe(recorder)
         bus.subscribe(MetricsFile(run_dir / "metrics.jsonl"))
         bus.subscribe(self._run_bookkeeper(record), kinds=("checkpoint", "run_end", "run_start"))
-        if progress if progress is not None else not background:
+        live = self._live_chart(record) if live is not False else None
+        if live is not None:
+            bus.subscribe(live)
+        elif progress if progress is not None else not background:
             bus.subscribe(ConsoleProgress())
         for listener in listeners:
             bus.subscribe(listener)

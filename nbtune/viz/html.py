@@ -15,23 +15,23 @@ from typing import Any
 
 STYLE = """
 <style>
-.nbt{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;font-size:13px;line-height:1.45;color:#1f2328;max-width:1100px}
-.nbt h3{font-size:15px;margin:6px 0 6px}
-.nbt h4{font-size:13px;margin:10px 0 4px;color:#444}
-.nbt table{border-collapse:collapse;margin:4px 0 8px}
-.nbt th,.nbt td{border:1px solid #d0d7de;padding:3px 7px;text-align:left;vertical-align:top}
-.nbt th{background:#f6f8fa}
-.nbt td.num{text-align:right;font-variant-numeric:tabular-nums}
-.nbt .cell{max-width:560px;white-space:pre-wrap;word-break:break-word}
-.nbt .muted{color:#6e7781}
-.nbt .warn{color:#9a6700}
-.nbt .bad{color:#cf222e}
-.nbt .ok{color:#1a7f37}
-.nbt del{background:#ffebe9;color:#82071e;text-decoration:line-through}
-.nbt ins{background:#dafbe1;color:#116329;text-decoration:none}
-.nbt .tok-train{background:#dafbe1}
-.nbt .tok-mask{background:#eaeef2;color:#57606a}
-.nbt .kv td:first-child{color:#57606a}
+div.nbt{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;font-size:13px;line-height:1.45;color:#1f2328;max-width:1100px}
+div.nbt h3{font-size:15px;margin:6px 0 6px}
+div.nbt h4{font-size:13px;margin:10px 0 4px;color:#444}
+div.nbt table{border-collapse:collapse;margin:4px 0 8px}
+div.nbt th,div.nbt td{border:1px solid #d0d7de;padding:3px 7px;text-align:left;vertical-align:top}
+div.nbt th{background:#f6f8fa}
+div.nbt td.num{text-align:right;font-variant-numeric:tabular-nums}
+div.nbt .cell{max-width:560px;white-space:pre-wrap;word-break:break-word}
+div.nbt .muted{color:#6e7781}
+div.nbt .warn{color:#9a6700}
+div.nbt .bad{color:#cf222e}
+div.nbt .ok{color:#1a7f37}
+div.nbt del{background:#ffebe9;color:#82071e;text-decoration:line-through}
+div.nbt ins{background:#dafbe1;color:#116329;text-decoration:none}
+div.nbt .tok-train{background:#dafbe1}
+div.nbt .tok-mask{background:#eaeef2;color:#57606a}
+div.nbt .kv td:first-child{color:#57606a}
 </style>
 """
 

@@ -1,0 +1,65 @@
+"""The JupyterLab live chart: a plotly FigureWidget and a progress line, updated in place.
+
+Updated from the training thread (ipywidgets sends the changes over the
+kernel's comm channel). When the run ends the widgets are closed and the
+final run report is shown in their place as a plain plotly figure, which the
+notebook file keeps (widget state is not saved by JupyterLab).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nbtune.events import Event
+from nbtune.viz.live import LiveChart
+
+
+class WidgetLiveChart(LiveChart):
+    def __init__(self, min_interval: float = 0.5) -> None:
+        super().__init__(min_interval)
+        self._figure: Any = None
+        self._label: Any = None
+        self._box: Any = None
+        self._output: Any = None
+        self._final: Any = None
+
+    def _build(self) -> None:
+        import ipywidgets as widgets
+        import plotly.graph_objects as go
+        from IPython.display import HTML, display
+
+        self._figure = go.FigureWidget(self.figure())
+        self._label = widgets.HTML(value="")
+        self._label.add_class("nbtune-live-progress")
+        self._output = widgets.Output()
+        self._box = widgets.VBox([self._label, self._figure, self._output])
+        self._box.add_class("nbtune-live-chart")
+        display(self._box)
+        # a placeholder in the same cell: the final report replaces it (and is saved with the notebook)
+        self._final = display(HTML(""), display_id=True)
+
+    def draw(self) -> None:
+        from nbtune.viz.html import esc
+
+        if self._figure is None:
+            self._build()
+        fresh = self.figure()
+        with self._figure.batch_update():
+            for target, source in zip(self._figure.data, fresh.data, strict=False):
+                target.x, target.y = source.x, source.y
+                target.customdata = source.customdata
+            for source in fresh.data[len(self._figure.data):]:
+                self._figure.add_trace(source)
+        self._label.value = f'<span style="font-family:system-ui;font-size:13px">{esc(self.progress_text())}</span>'
+
+    def show(self) -> None:
+        self._build()
+        self.draw()
+
+    def finish(self, event: Event) -> None:
+        self.draw()
+        if self.final_figure is not None and self._final is not None:
+            self._final.update(self.final_figure())
+            self._label.value += " — final charts below"
+
+    final_figure: Any = None  # set by the session: () -> the final plotly figure

@@ -1,0 +1,111 @@
+"""Start JupyterLab on loopback and drive it with headless Chromium (see shared BROWSER_TESTING notes).
+
+What held on this kind of machine: Debian's /usr/bin/chromium driven by the
+Playwright python package (never `playwright install`), JupyterLab started with
+`--LabApp.expose_app_in_browser=True` so the test can wait on the kernel through
+`window.jupyterapp`, a fresh HOME and workspace dir, and SIGTERM at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def browser_available() -> str | None:
+    """None if the browser test can run, else the reason it cannot."""
+    if not Path(CHROMIUM).exists():
+        return f"{CHROMIUM} is not installed (apt-get install chromium)"
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        return "the playwright python package is not installed (pip install playwright)"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def jupyterlab(root: Path) -> Iterator[str]:
+    """Run JupyterLab serving `root`; yields the base URL with its token."""
+    port, token = _free_port(), secrets.token_hex(16)
+    home = root / ".home"
+    home.mkdir(exist_ok=True)
+    env = {**os.environ, "HOME": str(home), "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
+           "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    log = open(root / "jupyterlab.log", "w")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", "--ip=127.0.0.1",
+         f"--port={port}", f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
+         "--LabApp.expose_app_in_browser=True", "--ServerApp.disable_check_xsrf=True"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.3)
+        else:
+            raise RuntimeError(f"JupyterLab did not start: {(root / 'jupyterlab.log').read_text()[-2000:]}")
+        yield f"{base}/lab/tree/{{path}}?token={token}&reset"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+@contextlib.contextmanager
+def browser_page(root: Path, width: int = 1400, height: int = 2200) -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    profile = root / ".chromium"
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                                       headless=True, viewport={"width": width, "height": height})
+        try:
+            yield context.pages[0] if context.pages else context.new_page()
+        finally:
+            context.close()
+            shutil.rmtree(profile, ignore_errors=True)
+
+
+KERNEL_IDLE_JS = """() => {
+  const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+  if (!w || !w.sessionContext || !w.sessionContext.session) return false;
+  const k = w.sessionContext.session.kernel;
+  return w.sessionContext.isReady && k && k.connectionStatus === 'connected' && k.status === 'idle';
+}"""
+
+
+def open_notebook(page, url_template: str, path: str, timeout_ms: int = 120_000) -> None:
+    page.goto(url_template.format(path=path))
+    page.wait_for_function(KERNEL_IDLE_JS, timeout=timeout_ms)
+
+
+def run_all(page) -> None:
+    """Run every cell; resolves when they have all finished."""
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
