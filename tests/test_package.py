@@ -58,7 +58,8 @@ def test_demo_writes_a_report(tmp_path):
     report = tmp_path / "demo" / "report.html"
     assert report.exists() and f"Report written to {report}" in result.stdout
     html = report.read_text()
-    assert "Pre-training text" in html and "Fine-tuning dialogs" in html and "Plotly.newPlot" in html
+    assert "From scratch" in html and "Fine-tune" in html and "Plotly.newPlot" in html
+    assert "Training run run-001-scratch" in html and "Training run run-001-lora" in html
 
 
 def test_ci_runs_exactly_the_readme_test_command():
