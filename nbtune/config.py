@@ -230,6 +230,7 @@ class TrainConfig(_Config):
     max_grad_norm: float | None = _opt(1.0, "Clip the gradient norm to this (None: no clipping).", min=0.0)
     eval_every: int | None = _opt(None, "Evaluate on the validation split every this many steps "
                                   "(default: about 10 times per run).", min=1)
+    eval_at_start: bool = _opt(False, "Also evaluate before the first step, so curves show the starting point.")
     eval_batches: int = _opt(20, "Validation micro-batches per evaluation (None would be all; keep it small).", min=1)
     checkpoint_every: int | None = _opt(None, "Write a checkpoint every this many steps (default: at the end, "
                                         "on stop and on pause).", min=1)

@@ -233,6 +233,8 @@ class Engine:
         self.emit("run_start", plan=self.plan.__dict__, device=self.lm.device.describe(), method=self.lm.method,
                   resumed_from=str(self.last_checkpoint) if self.last_checkpoint else None)
         try:
+            if self.step == 0 and self.config.eval_at_start:
+                self.evaluate()
             while self.step < self.plan.total_steps:
                 if self._handle_requests():
                     return self._finish("stopped")
