@@ -244,3 +244,36 @@ class TrainConfig(_Config):
                                      "the user's message). None: no samples.")
     background: bool | None = _opt(None, "Run in a worker thread so the notebook stays usable (default: yes in "
                                    "JupyterLab, no in scripts, Colab and VS Code).")
+
+
+@dataclass
+class LabConfig(_Config):
+    """The scratch-vs-fine-tune lab: both paths on the same data, at several data fractions, matched compute."""
+
+    base: str = _opt("default", "The pretrained model of the fine-tune arm (folder or hub id; 'default' is the "
+                     "embedded SmolLM2-135M-Instruct).")
+    method: str = _opt("lora", "How the fine-tune arm trains.", choices=["full", "lora", "qlora", "lora-8bit"])
+    fractions: tuple = _opt((0.1, 0.3, 1.0), "Shares of the training rows each pair of arms gets (the same "
+                            "held-out rows are used throughout).")
+    scratch_preset: str = _opt("tiny", "Size of the from-scratch model.", choices=["tiny", "small", "medium", "large"])
+    scratch_tokenizer: str = _opt("own", "'own': a new BPE tokenizer trained on the arm's data; 'base': the "
+                                  "pretrained model's tokenizer.", choices=["own", "base"])
+    scratch_vocab_size: int = _opt(2048, "Vocabulary of the scratch arm's own tokenizer.", min=260)
+    finetune_steps: int = _opt(6, "Optimizer steps of the fine-tune arm; its compute sets the budget.", min=1)
+    compute_ratio: float = _opt(1.0, "The scratch arm may use this many times the fine-tune arm's FLOPs.",
+                                min=0.01)
+    max_scratch_steps: int = _opt(300, "Upper bound on the scratch arm's steps (keeps the lab short on CPUs).",
+                                  min=1)
+    seq_len: int = _opt(128, "Packed sequence length for both arms.", min=16)
+    batch_size: int = _opt(4, "Sequences per step for both arms.", min=1)
+    finetune_lr: float = _opt(2e-4, "Peak learning rate of the fine-tune arm.", min=0.0)
+    scratch_lr: float = _opt(3e-3, "Peak learning rate of the scratch arm.", min=0.0)
+    evaluations: int = _opt(4, "Evaluations per arm (plus one before training).", min=1)
+    max_eval_rows: int = _opt(64, "Held-out rows scored at each evaluation (the same rows for every arm).", min=4)
+    seed: int = _opt(0, "Seed of the data subsets, the initialisations and the data order.")
+
+    def _check(self) -> None:
+        bad = [f for f in self.fractions if not 0 < float(f) <= 1]
+        if bad or not self.fractions:
+            raise ConfigError(f"fractions must be in (0, 1], got {list(self.fractions)!r}", column="fractions",
+                              fix="use e.g. (0.1, 0.3, 1.0)")

@@ -317,11 +317,9 @@ class Session:
         started = time.perf_counter()
         train, val = self._split(self._require_data("tokenize"), len(self._loaded), self.split_config)
         template_added = tk.ensure_chat_template(tokenizer) if self.format != "text" else False
-        encode = {"function": tk.encode_batch, "batched": True, "batch_size": 256,
-                  "fn_kwargs": {"tokenizer": tokenizer, "config": settings}}
-        tokenized_train = train.map(**encode, desc="tokenizing train")
-        # an empty split gets no new columns from map(): give it the train split's schema
-        tokenized_val = val.map(**encode, desc="tokenizing validation") if len(val) else tokenized_train.select([])
+        tokenized_train = tk.tokenize_rows(train, tokenizer, settings, desc="tokenizing train")
+        tokenized_val = tk.tokenize_rows(val, tokenizer, settings, desc="tokenizing validation",
+                                         schema_from=tokenized_train)
         tokenized = DatasetDict({"train": tokenized_train, "validation": tokenized_val})
         report = _token_report(tokenized, tokenizer, name, settings, self.format or "text", template_added,
                                time.perf_counter() - started)

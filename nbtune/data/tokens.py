@@ -226,3 +226,16 @@ def packing_efficiency(lengths: np.ndarray, context_length: int) -> dict[str, fl
         "padded_to_context": float(kept.sum()) / (len(lengths) * context_length),
         "sequences_packed": sequences,
     }
+
+
+def tokenize_rows(rows: Any, tokenizer: Any, config: TokenizerConfig, *, desc: str = "tokenizing",
+                  schema_from: Any = None) -> Any:
+    """Tokenize canonical rows with `encode_batch`.
+
+    An empty split gets no new columns from `map()`; `schema_from` (a tokenized
+    split) gives it the right schema so later stages can rely on the columns.
+    """
+    if len(rows) == 0 and schema_from is not None:
+        return schema_from.select([])
+    return rows.map(encode_batch, batched=True, batch_size=256, fn_kwargs={"tokenizer": tokenizer, "config": config},
+                    desc=desc)
