@@ -586,6 +586,26 @@ class Session:
 
         return update
 
+    # -------------------------------------------------------------------- lab
+    def lab(self, config: Any = None, **overrides: Any) -> Any:
+        """Fine-tuning vs training from scratch on this session's data, measured (see `nbtune.eval.lab`)."""
+        from nbtune.config import LabConfig
+        from nbtune.eval.lab import run_lab
+        from nbtune.viz.lab_report import LabReport
+
+        settings = _config(LabConfig, config, overrides)
+        train, val = self._split(self._require_data("lab"), len(self._loaded), self.split_config)
+        if len(val) == 0:
+            raise DataError("the lab needs held-out rows, and the validation split is empty",
+                            fix="s.split(validation_fraction=0.1) (or load more rows)")
+        result = run_lab(train, val, settings, workdir=self.workdir / "lab", chat=self.format != "text")
+        report = LabReport(result)
+        self.reports["lab"] = report
+        atomic_write_json(self.workdir / "lab" / "result.json", {
+            "config": settings.to_dict(), "target_bpb": result.target_bpb, "seconds": result.seconds,
+            "arms": [{k: v for k, v in a.__dict__.items()} for a in result.arms]})
+        return report
+
     # ------------------------------------------------------------ persistence
     def state(self) -> dict[str, Any]:
         """Everything needed to restore this Session (JSON-serialisable)."""
@@ -714,7 +734,8 @@ class Session:
 
         target = Path(path) if path is not None else self.workdir / "report.html"
         order = [("load", "1. Data"), ("split", "Split"), ("clean_preview", "2. Cleaning preview"),
-                 ("clean", "2. Cleaning"), ("tokens", "3. Tokens"), ("model", "4. Model"), ("train", "5. Training")]
+                 ("clean", "2. Cleaning"), ("tokens", "3. Tokens"), ("model", "4. Model"), ("train", "5. Training"),
+                 ("lab", "6. Lab: fine-tune vs scratch")]
         reports = dict(self.reports)
         if self._run is not None:
             reports["train"] = self._run.report()

@@ -10,23 +10,14 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import FAST
+from conftest import counting_docs as _counting_docs
+from conftest import counting_down_docs_list as _counting_down_docs
 
 import nbtune
 from nbtune.config import TrainConfig
 from nbtune.events import EVENT_KINDS
 from nbtune.train.loop import Plan, learning_rate
-
-WORDS = "one two three four five six seven eight nine ten eleven twelve".split()
-
-
-def _counting_docs(n: int = 300, seed: int = 0) -> list[str]:
-    """A learnable task: count upwards from a random start."""
-    rng = np.random.default_rng(seed)
-    docs = []
-    for _ in range(n):
-        start = int(rng.integers(0, 6))
-        docs.append(" ".join(WORDS[start: start + int(rng.integers(4, 7))]))
-    return docs
 
 
 @pytest.fixture
@@ -36,10 +27,6 @@ def scratch_session(tmp_path):
     s.tokenize(vocab_size=300, context_length=32)
     s.new_model(preset="tiny", layers=2, hidden_size=64, heads=4, kv_heads=2)
     return s
-
-
-FAST = dict(batch_size=4, learning_rate=3e-3, warmup_steps=2, eval_every=10, eval_batches=4, background=False,
-            progress=False)
 
 
 def test_scratch_model_learns_and_parameters_change(scratch_session):
@@ -248,29 +235,6 @@ def test_gradient_checkpointing_gives_the_same_losses(tmp_path):
     reference = _fresh_scratch(tmp_path / "ref").train(steps=3, **FAST).losses
     checkpointed = _fresh_scratch(tmp_path / "gc").train(steps=3, gradient_checkpointing=True, **FAST).losses
     np.testing.assert_allclose(checkpointed, reference, rtol=1e-5)
-
-
-def _counting_down_docs(n: int = 300, seed: int = 1) -> list[str]:
-    """The fine-tuning task: count downwards (the 'pretrained' model only saw counting up)."""
-    return [" ".join(reversed(doc.split())) for doc in _counting_docs(n, seed)]
-
-
-@pytest.fixture(scope="module")
-def tiny_pretrained(tmp_path_factory):
-    """A small 'pretrained' model folder: a tiny Llama trained (with nbtune) on counting up."""
-    from nbtune.data.tokens import train_bpe_tokenizer
-
-    root = tmp_path_factory.mktemp("tiny-pretrained")
-    tokenizer = train_bpe_tokenizer(_counting_docs() + _counting_down_docs(), vocab_size=300)
-    tokenizer.save_pretrained(root / "tokenizer")
-    s = nbtune.Session(root / "pretraining")
-    s.load(_counting_docs(seed=5))
-    s.tokenize(tokenizer=str(root / "tokenizer"), context_length=32)
-    s.new_model(preset="tiny", layers=2, hidden_size=64, heads=4, kv_heads=2)
-    assert s.train(steps=60, **FAST).status == "finished"
-    s.model.save(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    return root / "model"
 
 
 @pytest.mark.parametrize("method,lr", [("full", 3e-3), ("lora", 1e-2), ("qlora", 1e-2), ("lora-8bit", 1e-2)])
