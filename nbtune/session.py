@@ -586,6 +586,37 @@ class Session:
 
         return update
 
+    # ---------------------------------------------------------- compare, export
+    def compare(self, run_ids: list[str] | None = None, *, axis: str = "steps",
+                metrics: tuple = ("loss", "eval_loss", "eval_bpb", "tokens_per_s", "memory")) -> Any:
+        """Overlay runs on one axis (steps, tokens, flops, time), with the settings that differ and best checkpoints."""
+        from nbtune.eval.compare import compare_runs
+
+        if not self.runs:
+            raise StageOrderError("compare() needs runs: train at least one with s.train(...)")
+        records = self.runs if run_ids is None else [self._run_record(run_id) for run_id in run_ids]
+        report = compare_runs([self.workdir / r["dir"] for r in records], axis=axis, metrics=metrics)
+        self.reports["compare"] = report
+        return report
+
+    def export(self, directory: str | Path, *, merge: bool | None = None, chat_template: str | None = None,
+               smoke_prompt: str | None = "Hello!", max_new_tokens: int = 20) -> Any:
+        """Write the model (or LoRA adapter; `merge=True` for a merged model) with its tokenizer, then reload
+        what was written and generate from it as a smoke test."""
+        from nbtune.eval.export import export_model
+
+        lm = self._require_model("export")
+        if self._run is not None and self._run.status == "running":
+            raise StageOrderError("a run is training this model right now: pause or stop it (run.pause()) first")
+        target = Path(directory)
+        target = target if target.is_absolute() else self.workdir / target
+        report = export_model(lm, target, merge=merge, chat_template=chat_template,
+                              tokenizer=None if lm.tokenizer is not None else self._tokenizer,
+                              smoke_prompt=smoke_prompt, max_new_tokens=max_new_tokens,
+                              use_chat_template=self.format != "text")
+        self.reports["export"] = report
+        return report
+
     # -------------------------------------------------------------------- lab
     def lab(self, config: Any = None, **overrides: Any) -> Any:
         """Fine-tuning vs training from scratch on this session's data, measured (see `nbtune.eval.lab`)."""
@@ -735,7 +766,7 @@ class Session:
         target = Path(path) if path is not None else self.workdir / "report.html"
         order = [("load", "1. Data"), ("split", "Split"), ("clean_preview", "2. Cleaning preview"),
                  ("clean", "2. Cleaning"), ("tokens", "3. Tokens"), ("model", "4. Model"), ("train", "5. Training"),
-                 ("lab", "6. Lab: fine-tune vs scratch")]
+                 ("compare", "6. Comparing runs"), ("lab", "7. Lab: fine-tune vs scratch"), ("export", "8. Export")]
         reports = dict(self.reports)
         if self._run is not None:
             reports["train"] = self._run.report()
