@@ -586,6 +586,82 @@ class Session:
 
         return update
 
+    # --------------------------------------------------------------- evaluate
+    def _idle_model(self, stage: str) -> Any:
+        lm = self._require_model(stage)
+        if self._run is not None and self._run.status in ("running", "paused"):
+            raise StageOrderError(f"{stage}() would switch the model out of training mode while {self._run.id} is "
+                                  f"{self._run.status}: wait for it (run.wait()) or stop it (run.stop()) first")
+        if self._tokens is None:
+            raise StageOrderError(f"{stage}() needs tokens: call s.tokenize() first")
+        return lm
+
+    def evaluate(self, split: str = "validation", *, max_rows: int | None = None, batch_size: int = 8,
+                 compare_base: bool | None = None) -> Any:
+        """Loss, perplexity and bits per byte on held-out rows, the per-row distribution and the worst rows.
+
+        `compare_base` (default: yes for LoRA models) also scores the base model
+        with the adapters switched off, so you see what fine-tuning changed.
+        """
+        from nbtune.eval.generate import base_model_context
+        from nbtune.eval.metrics import evaluate_rows, worst_examples
+        from nbtune.viz.eval_reports import EvalReport
+
+        lm = self._idle_model("evaluate")
+        rows = self._tokens[split]
+        tokenizer = lm.tokenizer or self._tokenizer
+        kwargs = {"device": lm.device, "batch_size": batch_size, "max_rows": max_rows,
+                  "seq_len": self.tokenizer_config.context_length,
+                  "pad_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id}
+        result = evaluate_rows(lm.model, rows, **kwargs)
+        others = []
+        if compare_base if compare_base is not None else lm.is_lora:
+            with base_model_context(lm):
+                others.append(("base (adapters off)", evaluate_rows(lm.model, rows, **kwargs)))
+        texts = self._texts_by_row_id()
+        worst = [(score.row_id, score.bits_per_byte if score.bits_per_byte is not None else score.loss,
+                  texts.get(score.row_id, "")) for score in worst_examples(result)]
+        report = EvalReport(split, result, model=lm.source, worst=worst, others=others,
+                            seq_len=self.tokenizer_config.context_length)
+        self.reports["eval"] = report
+        return report
+
+    def _texts_by_row_id(self) -> dict[int, str]:
+        data = self.dataset
+        name = "text" if "text" in data.column_names else "messages"
+        return {rid: _row_text({name: value}) for rid, value in zip(column(data, "row_id"), column(data, name),
+                                                                      strict=True)}
+
+    def generate(self, prompts: list[str] | None = None, *, max_new_tokens: int = 48, seed: int = 0,
+                 others: dict[str, Session] | None = None, compare_base: bool | None = None) -> Any:
+        """Greedy and sampled generations, side by side: this model, its base (LoRA), and `others` sessions.
+
+        Prompts default to the start of held-out rows (the first user message for chat data).
+        Each model uses its own tokenizer and chat template, as in training.
+        """
+        from nbtune.eval.generate import base_model_context, default_prompts, generate_texts
+        from nbtune.viz.eval_reports import GenerationReport
+
+        lm = self._idle_model("generate")
+        chat = self.format != "text"
+        prompts = prompts or default_prompts(self.validation_split, chat=chat)
+        started = time.perf_counter()
+        options = {"chat": chat, "max_new_tokens": max_new_tokens, "seed": seed}
+        outputs = generate_texts(lm.model, lm.tokenizer or self._tokenizer, prompts, device=lm.device,
+                                 label=f"this session ({lm.method})", **options)
+        if compare_base if compare_base is not None else lm.is_lora:
+            with base_model_context(lm):
+                outputs += generate_texts(lm.model, lm.tokenizer, prompts, device=lm.device,
+                                          label="base (adapters off)", **options)
+        for name, other in (others or {}).items():
+            olm = other._idle_model("generate")
+            outputs += generate_texts(olm.model, olm.tokenizer or other._tokenizer, prompts, device=olm.device,
+                                      label=f"{name} ({olm.method})", **options)
+        report = GenerationReport(outputs, chat=chat, max_new_tokens=max_new_tokens, temperature=0.8, top_p=0.95,
+                                  seed=seed, seconds=time.perf_counter() - started)
+        self.reports["generate"] = report
+        return report
+
     # ---------------------------------------------------------- compare, export
     def compare(self, run_ids: list[str] | None = None, *, axis: str = "steps",
                 metrics: tuple = ("loss", "eval_loss", "eval_bpb", "tokens_per_s", "memory")) -> Any:
@@ -766,6 +842,7 @@ class Session:
         target = Path(path) if path is not None else self.workdir / "report.html"
         order = [("load", "1. Data"), ("split", "Split"), ("clean_preview", "2. Cleaning preview"),
                  ("clean", "2. Cleaning"), ("tokens", "3. Tokens"), ("model", "4. Model"), ("train", "5. Training"),
+                 ("eval", "5. Evaluation"), ("generate", "5. Generations"),
                  ("compare", "6. Comparing runs"), ("lab", "7. Lab: fine-tune vs scratch"), ("export", "8. Export")]
         reports = dict(self.reports)
         if self._run is not None:
