@@ -511,7 +511,6 @@ class Session:
         live = notebook_listener()
         if live is None:
             return None
-        live.final_figure = lambda: self._run.report().figures()[0]
         live.show()
         return live
 

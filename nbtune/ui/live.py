@@ -1,9 +1,11 @@
 """The JupyterLab live chart: a plotly FigureWidget and a progress line, updated in place.
 
-Updated from the training thread (ipywidgets sends the changes over the
-kernel's comm channel). When the run ends the widgets are closed and the
-final run report is shown in their place as a plain plotly figure, which the
-notebook file keeps (widget state is not saved by JupyterLab).
+Updated from the training thread: ipywidgets sends the changes over the
+kernel's comm channel, which works from any thread. Plain display updates do
+not: after the cell has finished, JupyterLab drops display updates sent from a
+thread. Widget state is not saved with the notebook by default, so to keep the
+final charts in the saved file, show `run.report()` in a cell (the notebooks
+do), or turn on JupyterLab's "Save Widget State Automatically".
 """
 
 from __future__ import annotations
@@ -21,12 +23,11 @@ class WidgetLiveChart(LiveChart):
         self._label: Any = None
         self._box: Any = None
         self._output: Any = None
-        self._final: Any = None
 
     def _build(self) -> None:
         import ipywidgets as widgets
         import plotly.graph_objects as go
-        from IPython.display import HTML, display
+        from IPython.display import display
 
         self._figure = go.FigureWidget(self.figure())
         self._label = widgets.HTML(value="")
@@ -35,8 +36,6 @@ class WidgetLiveChart(LiveChart):
         self._box = widgets.VBox([self._label, self._figure, self._output])
         self._box.add_class("nbtune-live-chart")
         display(self._box)
-        # a placeholder in the same cell: the final report replaces it (and is saved with the notebook)
-        self._final = display(HTML(""), display_id=True)
 
     def draw(self) -> None:
         from nbtune.viz.html import esc
@@ -58,8 +57,4 @@ class WidgetLiveChart(LiveChart):
 
     def finish(self, event: Event) -> None:
         self.draw()
-        if self.final_figure is not None and self._final is not None:
-            self._final.update(self.final_figure())
-            self._label.value += " — final charts below"
-
-    final_figure: Any = None  # set by the session: () -> the final plotly figure
+        self._label.value += " — show run.report() in a cell to keep the charts in the saved notebook"

@@ -19,9 +19,9 @@ div.nbt{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;font-size
 div.nbt h3{font-size:15px;margin:6px 0 6px}
 div.nbt h4{font-size:13px;margin:10px 0 4px;color:#444}
 div.nbt table{border-collapse:collapse;margin:4px 0 8px}
-div.nbt th,div.nbt td{border:1px solid #d0d7de;padding:3px 7px;text-align:left;vertical-align:top}
+div.nbt th,div.nbt td{border:1px solid #d0d7de;padding:3px 7px;text-align:left!important;vertical-align:top}
 div.nbt th{background:#f6f8fa}
-div.nbt td.num{text-align:right;font-variant-numeric:tabular-nums}
+div.nbt td.num{text-align:right!important;font-variant-numeric:tabular-nums}
 div.nbt .cell{max-width:560px;white-space:pre-wrap;word-break:break-word}
 div.nbt .muted{color:#6e7781}
 div.nbt .warn{color:#9a6700}

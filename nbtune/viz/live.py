@@ -9,9 +9,10 @@ Which one works where (see README, "Live charts"):
   figure is replaced through a display handle (`HtmlLiveChart`, this module);
   FigureWidget is reported broken in both.
 
-Both are throttled and, when the run ends, replace themselves with the run's
-final report (a plain plotly figure, which is saved with the notebook, so a
-reopened notebook still shows the last charts).
+Both are throttled. The HTML version's last drawing stays in the cell and is
+saved with the notebook; the widget is not (JupyterLab saves no widget state by
+default), so the notebooks show `run.report()` after a run: a plain plotly
+figure that a reopened notebook still shows.
 """
 
 from __future__ import annotations
