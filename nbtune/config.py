@@ -262,14 +262,14 @@ class LabConfig(_Config):
     finetune_steps: int = _opt(6, "Optimizer steps of the fine-tune arm; its compute sets the budget.", min=1)
     compute_ratio: float = _opt(1.0, "The scratch arm may use this many times the fine-tune arm's FLOPs.",
                                 min=0.01)
-    max_scratch_steps: int = _opt(300, "Upper bound on the scratch arm's steps (keeps the lab short on CPUs).",
+    max_scratch_steps: int = _opt(200, "Upper bound on the scratch arm's steps (keeps the lab short on CPUs).",
                                   min=1)
     seq_len: int = _opt(128, "Packed sequence length for both arms.", min=16)
     batch_size: int = _opt(4, "Sequences per step for both arms.", min=1)
     finetune_lr: float = _opt(2e-4, "Peak learning rate of the fine-tune arm.", min=0.0)
     scratch_lr: float = _opt(3e-3, "Peak learning rate of the scratch arm.", min=0.0)
-    evaluations: int = _opt(4, "Evaluations per arm (plus one before training).", min=1)
-    max_eval_rows: int = _opt(64, "Held-out rows scored at each evaluation (the same rows for every arm).", min=4)
+    evaluations: int = _opt(3, "Evaluations per arm (plus one before training).", min=1)
+    max_eval_rows: int = _opt(32, "Held-out rows scored at each evaluation (the same rows for every arm).", min=4)
     seed: int = _opt(0, "Seed of the data subsets, the initialisations and the data order.")
 
     def _check(self) -> None:

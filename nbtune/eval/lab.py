@@ -102,14 +102,17 @@ def _engine(lm: Any, train_tok: Any, val_tok: Any, settings: TrainConfig, *, seq
 
 
 def _train_arm(arm: str, fraction: float, lm: Any, tokenizer: Any, train_rows: Any, val_rows: Any, steps: int,
-               lr: float, config: LabConfig, workdir: Path, token_config: TokenizerConfig) -> ArmResult:
+               lr: float, config: LabConfig, workdir: Path, token_config: TokenizerConfig,
+               start: dict | None = None) -> ArmResult:
+    """Train one arm; `start` is a known step-0 point (the same base scored on the same rows) to reuse."""
     started = time.perf_counter()
     train_tok = tk.tokenize_rows(train_rows, tokenizer, token_config, desc=f"{arm} {fraction:.0%}: tokenizing")
     val_tok = tk.tokenize_rows(val_rows, tokenizer, token_config, desc="held-out rows", schema_from=train_tok)
     eval_batches = math.ceil(config.max_eval_rows * 2 / config.batch_size)  # packed: covers the held-out rows
     settings = TrainConfig(steps=steps, learning_rate=lr, batch_size=config.batch_size, seq_len=config.seq_len,
                            warmup_steps=max(1, steps // 10), eval_every=max(1, steps // config.evaluations),
-                           eval_batches=eval_batches, eval_at_start=True, seed=config.seed, background=False)
+                           eval_batches=eval_batches, eval_at_start=start is None, seed=config.seed,
+                           background=False)
     run_id = f"lab-{arm}-{int(round(fraction * 100)):03d}"
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     engine, recorder = _engine(lm, train_tok, val_tok, settings, seq_len=config.seq_len, pad_id=pad,
@@ -123,8 +126,9 @@ def _train_arm(arm: str, fraction: float, lm: Any, tokenizer: Any, train_rows: A
         arm=arm, fraction=fraction, train_rows=len(train_rows), train_tokens=int(sum(column(train_tok, "n_trained"))),
         steps=engine.plan.total_steps, flops_per_token=lm.card.flops_per_token, parameters=lm.card.params_total,
         trainable=lm.card.params_trainable,
-        curve=[{"step": e["step"], "tokens_seen": e["tokens_seen"], "flops": e["flops"], "elapsed": e["elapsed"],
-                "bpb": e["eval_bpb"], "loss": e["eval_loss"]} for e in evals if e.get("eval_bpb") is not None],
+        curve=([start] if start else []) + [
+            {"step": e["step"], "tokens_seen": e["tokens_seen"], "flops": e["flops"], "elapsed": e["elapsed"],
+             "bpb": e["eval_bpb"], "loss": e["eval_loss"]} for e in evals if e.get("eval_bpb") is not None],
         seconds=time.perf_counter() - started, peak_memory=max((s.get("memory") or 0) for s in steps_done),
         run_dir=str(workdir / run_id))
 
@@ -155,11 +159,13 @@ def run_lab(train_rows: Any, val_rows: Any, config: LabConfig, *, workdir: Path,
     val_rows = val_rows.select(range(min(len(val_rows), config.max_eval_rows)))
     token_config = TokenizerConfig(context_length=config.seq_len, pack=True, response_only_loss=chat)
     arms: list[ArmResult] = []
+    base_start = None  # the base model scored before training: the same for every fraction
     for fraction in sorted(config.fractions):
         subset = _subset(train_rows, fraction, config.seed)
         lm = _finetune_model(config, device)
         tuned = _train_arm("fine-tune", fraction, lm, lm.tokenizer, subset, val_rows, config.finetune_steps,
-                           config.finetune_lr, config, workdir, token_config)
+                           config.finetune_lr, config, workdir, token_config, start=base_start)
+        base_start = tuned.curve[0]
         base_tokenizer = lm.tokenizer
         lm.release()
         progress(f"fine-tune {fraction:.0%}: {tuned.start_bpb:.3f} -> {tuned.final_bpb:.3f} bits/byte "
