@@ -548,7 +548,7 @@ class Session:
                       config=settings, seq_len=seq_len, pack_rows=self.tokenizer_config.pack,
                       pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
                       run_dir=self.workdir / record["dir"], run_id=record["id"], bus=bus, token=token,
-                      flops_per_token=lm.card.flops_per_token,
+                      flops_per_token=_flops_at(lm.card, seq_len),
                       sample_prompt_ids=self._sample_ids(tokenizer, settings.sample_prompt),
                       decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=False),
                       tokens_per_byte=self._tokens_per_byte("validation"))
@@ -850,6 +850,11 @@ class Session:
         if not sections:
             raise StageOrderError("nothing to report yet: load some data first (s.load(...) or s.load_example())")
         return write_html_report(target, title or f"nbtune report · {self.workdir.name}", sections)
+
+
+def _flops_at(card: Any, seq_len: int) -> float:
+    """The card's FLOPs per token (6N + 12 L h T), with T the run's sequence length instead of the card's."""
+    return card.flops_per_token + 12.0 * card.layers * card.hidden * (seq_len - card.seq_len)
 
 
 def _quietly(write: Any) -> Any:

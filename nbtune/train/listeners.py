@@ -61,12 +61,16 @@ class MetricsRecorder:
 
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
+        self._last: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def __call__(self, event: Event) -> None:
         with self._lock:
             if event.kind in ("step", "eval"):
-                self.records = [r for r in self.records if not (r["kind"] == event.kind and r["step"] >= event.step)]
+                last = self._last.get(event.kind, -1)
+                if event.step <= last:  # a resume from an earlier checkpoint: forget what came after it
+                    self.records = [r for r in self.records if not (r["kind"] == event.kind and r["step"] >= event.step)]
+                self._last[event.kind] = event.step
             self.records.append(event.to_dict())
 
     def of_kind(self, kind: str) -> list[dict[str, Any]]:

@@ -184,7 +184,7 @@ class Engine:
 
         self._prepare_model()
         groups, self.param_names = _param_groups(self.lm.model, self.config.weight_decay)
-        fused = self.lm.device.type == "cuda"
+        fused = self.lm.device.type in ("cuda", "cpu")  # fused AdamW runs on both since torch 2.4
         self.optimizer = torch.optim.AdamW(groups, lr=self.config.learning_rate, betas=(0.9, 0.95), eps=1e-8,
                                            fused=fused)
         if self.lm.device.needs_loss_scaling:
