@@ -259,10 +259,10 @@ class LabConfig(_Config):
     scratch_tokenizer: str = _opt("own", "'own': a new BPE tokenizer trained on the arm's data; 'base': the "
                                   "pretrained model's tokenizer.", choices=["own", "base"])
     scratch_vocab_size: int = _opt(2048, "Vocabulary of the scratch arm's own tokenizer.", min=260)
-    finetune_steps: int = _opt(6, "Optimizer steps of the fine-tune arm; its compute sets the budget.", min=1)
+    finetune_steps: int = _opt(4, "Optimizer steps of the fine-tune arm; its compute sets the budget.", min=1)
     compute_ratio: float = _opt(1.0, "The scratch arm may use this many times the fine-tune arm's FLOPs.",
                                 min=0.01)
-    max_scratch_steps: int = _opt(200, "Upper bound on the scratch arm's steps (keeps the lab short on CPUs).",
+    max_scratch_steps: int = _opt(1000, "Upper bound on the scratch arm's steps (keeps the lab short on CPUs).",
                                   min=1)
     seq_len: int = _opt(128, "Packed sequence length for both arms.", min=16)
     batch_size: int = _opt(4, "Sequences per step for both arms.", min=1)
