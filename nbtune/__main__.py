@@ -13,7 +13,8 @@ def demo(workdir: Path, out: Path | None, quick: bool) -> Path:
     """Both paths on the embedded data, end to end, in one HTML report.
 
     * from scratch: KJV verses -> clean -> new BPE tokenizer -> tiny Llama -> train;
-    * fine-tune: chat dialogs -> clean -> SmolLM2-135M-Instruct (embedded) with LoRA -> train.
+    * fine-tune: chat dialogs -> clean -> SmolLM2-135M-Instruct (embedded) with LoRA -> train;
+    * then: evaluate (bits/byte, vs the base), generate side by side, compare both runs on FLOPs.
     """
     from nbtune.session import Session
     from nbtune.viz.report import write_html_report
@@ -33,8 +34,23 @@ def demo(workdir: Path, out: Path | None, quick: bool) -> Path:
     run = tuned.train(steps=2 if quick else 6, batch_size=2, seq_len=128, learning_rate=2e-4,
                       eval_every=2 if quick else 3, eval_batches=2, sample_prompt="What is AI?", background=False)
     sections += [("Fine-tune: model", tuned.reports["model"]), ("Fine-tune: training", run.report())]
+    sections += _evaluate_both(scratch, tuned, quick)
     target = out or workdir / "report.html"
     return write_html_report(target, "nbtune demo: train from scratch vs fine-tune", sections)
+
+
+def _evaluate_both(scratch: Any, tuned: Any, quick: bool) -> list[tuple[str, Any]]:
+    """Evaluate the fine-tuned model (vs its base), generate side by side, compare the two runs on FLOPs."""
+    from nbtune.eval.compare import compare_runs
+
+    evaluation = tuned.evaluate(max_rows=8 if quick else 16)
+    _say("Fine-tune", evaluation)
+    generations = tuned.generate(["What is AI?"], max_new_tokens=8 if quick else 16, others={"scratch": scratch})
+    _say("Side by side", generations)
+    comparison = compare_runs([scratch.workdir / scratch.runs[-1]["dir"], tuned.workdir / tuned.runs[-1]["dir"]],
+                              axis="flops")
+    return [("Fine-tune: evaluation", evaluation), ("Generations: fine-tuned vs base vs scratch", generations),
+            ("Both runs against training FLOPs", comparison)]
 
 
 def _data_stages(session: Any, example: str, label: str, vocab_size: int) -> list[tuple[str, Any]]:
