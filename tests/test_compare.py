@@ -7,25 +7,16 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import counting_docs as _counting_docs
 
 import nbtune
 from nbtune.errors import ConfigError, DataError
 from nbtune.eval.compare import AXES, best_checkpoint, compare_runs, config_diff, load_run
 from nbtune.viz.compare_report import overlay_figure
 
-WORDS = "one two three four five six seven eight nine ten eleven twelve".split()
 PAYLOADS = ["<script>alert('x')</script>", "<img src=x onerror=alert(1)>", "\"><iframe src=javascript:alert(3)>"]
 RUN = dict(steps=9, batch_size=4, warmup_steps=2, eval_every=3, eval_batches=2, checkpoint_every=3,
            keep_checkpoints=2, background=False, progress=False)
-
-
-def _counting_docs(n: int = 300, seed: int = 0) -> list[str]:
-    rng = np.random.default_rng(seed)
-    docs = []
-    for _ in range(n):
-        start = int(rng.integers(0, 6))
-        docs.append(" ".join(WORDS[start: start + int(rng.integers(4, 7))]))
-    return docs
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import shutil
 
-import numpy as np
 import pytest
 import torch
+from conftest import counting_docs as _counting_docs
 
 import nbtune
 from nbtune.config import PretrainedModelConfig
@@ -23,19 +23,9 @@ from nbtune.models.pretrained import bnb_usable, use_model
 
 CPU = pick_device("cpu")
 needs_bnb = pytest.mark.skipif(not bnb_usable(CPU)[0], reason=f"bitsandbytes unusable: {bnb_usable(CPU)[1]}")
-WORDS = "one two three four five six seven eight nine ten eleven twelve".split()
 TEMPLATE = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}[assistant] {% endif %}")
 IDS = torch.tensor([[3, 17, 25, 40, 41, 42, 7, 9]])
-
-
-def _counting_docs(n: int = 300, seed: int = 0) -> list[str]:
-    rng = np.random.default_rng(seed)
-    docs = []
-    for _ in range(n):
-        start = int(rng.integers(0, 6))
-        docs.append(" ".join(WORDS[start: start + int(rng.integers(4, 7))]))
-    return docs
 
 
 @pytest.fixture(scope="module")
