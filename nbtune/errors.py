@@ -18,6 +18,8 @@ class NbtuneError(Exception):
 class _LocatedError(NbtuneError):
     """An error that knows where it happened and how to fix it."""
 
+    column_label = "column"  # what `column` names: a data column, or a setting (ConfigError)
+
     def __init__(
         self,
         what: str,
@@ -41,8 +43,8 @@ class _LocatedError(NbtuneError):
         if self.line is not None:
             parts.append(f"line {self.line}")
         if self.column is not None:
-            label = "column" if isinstance(self.column, int) else "column"
-            parts.append(f"{label} {self.column!r}" if isinstance(self.column, str) else f"{label} {self.column}")
+            shown = repr(self.column) if isinstance(self.column, str) else self.column
+            parts.append(f"{self.column_label} {shown}")
         return ", ".join(parts)
 
     def _message(self) -> str:
@@ -58,7 +60,9 @@ class DataError(_LocatedError, ValueError):
 
 
 class ConfigError(_LocatedError, ValueError):
-    """A setting is out of range or inconsistent; `column` names the field."""
+    """A setting is out of range or inconsistent; `column` names the setting."""
+
+    column_label = "setting"
 
 
 class StageOrderError(NbtuneError, RuntimeError):
