@@ -41,3 +41,12 @@ def machine_lines() -> list[str]:
     if gpu:
         lines.append(f"- GPU: {gpu}")
     return lines
+
+
+def write_result(name: str, lines: list[str]) -> Path:
+    """Write a result file into benchmarks/results/ and print it."""
+    RESULTS.mkdir(exist_ok=True)
+    target = RESULTS / name
+    target.write_text("\n".join(lines))
+    print("\n".join(lines))
+    return target

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _machine import RESULTS, machine_lines
+from _machine import machine_lines, write_result
 
 LIMIT_S = 120.0
 
@@ -46,9 +46,7 @@ def main() -> int:
              f"{'PASS' if ok else 'FAIL'}", ""]
     if result.returncode:
         lines += ["```", result.stderr[-2000:], "```", ""]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"demo{'-fresh-cache' if fresh else ''}.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_result(f"demo{'-fresh-cache' if fresh else ''}.md", lines)
     return 0 if ok else 1
 
 

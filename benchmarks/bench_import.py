@@ -12,7 +12,7 @@ import statistics
 import subprocess
 import sys
 
-from _machine import RESULTS, machine_lines
+from _machine import machine_lines, write_result
 
 LIMIT_S = 1.0
 RUNS = 7
@@ -39,9 +39,7 @@ def main() -> int:
              "| --- | --- | --- | --- | --- | --- |",
              f"| {RUNS} | {median * 1000:.0f} ms | {worst * 1000:.0f} ms | {LIMIT_S * 1000:.0f} ms | "
              f"{', '.join(heavy) or 'none'} | {'PASS' if ok else 'FAIL'} |", ""]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "import.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_result("import.md", lines)
     return 0 if ok else 1
 
 

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _machine import RESULTS, machine_lines
+from _machine import machine_lines, write_result
 
 LIMIT_S = 180.0
 
@@ -44,9 +44,7 @@ def main() -> int:
              "| arm | data | rows | steps | bits/byte before | after | time |", "| --- | --- | --- | --- | --- | --- | --- |",
              *rows, "", f"Lab wall time: **{seconds:.1f} s** (limit {LIMIT_S:.0f} s): {'PASS' if ok else 'FAIL'}", "",
              "What it concluded:", "", *[f"- {line}" for line in report.differences()], ""]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "lab.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_result("lab.md", lines)
     return 0 if ok else 1
 
 

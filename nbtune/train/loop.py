@@ -34,10 +34,6 @@ from nbtune.train import memory
 from nbtune.train.packing import Packed, one_per_sequence, pack
 
 
-class _Interrupted(Exception):
-    """Raised inside a step when the user pressed Ctrl-C / the stop button."""
-
-
 @dataclass
 class Plan:
     """The shape of a run, fixed at its start."""
@@ -137,6 +133,7 @@ class Engine:
         self.pack_rows, self.pad_id, self.seq_len = pack_rows, pad_id, seq_len
         self.train_docs = (column(train_rows, "input_ids"), column(train_rows, "loss_mask"))
         self.val_docs = (column(validation_rows, "input_ids"), column(validation_rows, "loss_mask"))
+        self._epochs: dict[int, Packed] = {}  # one epoch's packed sequences at a time
         first = self._epoch(0)
         if len(first) == 0:
             from nbtune.errors import DataError
@@ -144,7 +141,6 @@ class Engine:
             raise DataError(f"the training split has fewer tokens than one sequence of {seq_len}",
                             fix="load more data, or lower seq_len / context_length")
         self.plan = make_plan(config, sequences_per_epoch=len(first), seq_len=seq_len)
-        self._epochs: dict[int, Packed] = {0: first}
         self._val = self._packed(self.val_docs, epoch=0, shuffle=False)
         self.step = 0
         self.tokens_seen = 0
@@ -165,11 +161,10 @@ class Engine:
                                 epoch=epoch, shuffle=shuffle)
 
     def _epoch(self, epoch: int) -> Packed:
-        cache = getattr(self, "_epochs", {})
-        if epoch not in cache:
-            cache.clear()  # keep one epoch in memory
-            cache[epoch] = self._packed(self.train_docs, epoch=epoch, shuffle=True)
-        return cache[epoch]
+        if epoch not in self._epochs:
+            self._epochs.clear()  # keep one epoch in memory
+            self._epochs[epoch] = self._packed(self.train_docs, epoch=epoch, shuffle=True)
+        return self._epochs[epoch]
 
     def _step_batch(self, step: int) -> tuple[np.ndarray, ...]:
         """The sequences of optimizer step `step`: a pure function of the step number."""
@@ -242,7 +237,7 @@ class Engine:
                 self._after_step()
             self.save_checkpoint("end")
             return self._finish("finished")
-        except (KeyboardInterrupt, _Interrupted):
+        except KeyboardInterrupt:  # Ctrl-C / the interrupt button in the foreground: a graceful stop
             self.optimizer.zero_grad(set_to_none=True)
             self.save_checkpoint("stop")
             return self._finish("stopped")

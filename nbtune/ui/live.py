@@ -22,7 +22,6 @@ class WidgetLiveChart(LiveChart):
         self._figure: Any = None
         self._label: Any = None
         self._box: Any = None
-        self._output: Any = None
 
     def _build(self) -> None:
         import ipywidgets as widgets
@@ -32,8 +31,7 @@ class WidgetLiveChart(LiveChart):
         self._figure = go.FigureWidget(self.figure())
         self._label = widgets.HTML(value="")
         self._label.add_class("nbtune-live-progress")
-        self._output = widgets.Output()
-        self._box = widgets.VBox([self._label, self._figure, self._output])
+        self._box = widgets.VBox([self._label, self._figure])
         self._box.add_class("nbtune-live-chart")
         display(self._box)
 

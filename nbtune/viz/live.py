@@ -44,7 +44,6 @@ class LiveChart:
         self.min_interval = min_interval
         self._last_draw = 0.0
         self._lock = threading.Lock()
-        self.redraws = 0
 
     def __call__(self, event: Event) -> None:
         with self._lock:
@@ -53,7 +52,6 @@ class LiveChart:
             if not force and now - self._last_draw < self.min_interval:
                 return
             self._last_draw = now
-        self.redraws += 1
         if event.kind == "run_end":
             self.finish(event)
         else:
