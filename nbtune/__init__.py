@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Session",
+    "App",
     "CleanConfig",
     "SplitConfig",
     "TokenizerConfig",
@@ -28,6 +29,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover
     from nbtune.session import Session
+    from nbtune.ui.app import App
 
 
 def __getattr__(name: str) -> Any:
@@ -35,4 +37,8 @@ def __getattr__(name: str) -> Any:
         from nbtune.session import Session
 
         return Session
+    if name == "App":
+        from nbtune.ui.app import App
+
+        return App
     raise AttributeError(f"module 'nbtune' has no attribute {name!r}")

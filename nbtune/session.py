@@ -825,6 +825,12 @@ class Session:
              if self._tokens is not None else "not tokenized"),
         ]
 
+    def ui(self, **options: Any) -> Any:
+        """The notebook app over this Session (tabs Data … Lab); open it again any time to see the current state."""
+        from nbtune.ui.app import App
+
+        return App(self, **options)
+
     def __repr__(self) -> str:
         lines = [f"Session({str(self.workdir)!r})"] + [f"  {k}: {v}" for k, v in self.stages()]
         return "\n".join(lines)

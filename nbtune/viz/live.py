@@ -45,6 +45,14 @@ class LiveChart:
         self._last_draw = 0.0
         self._lock = threading.Lock()
 
+    def reset(self, steps: list[dict] | None = None, evals: list[dict] | None = None,
+              total_steps: int | None = None, status: str = "starting") -> None:
+        """Start over for another run, optionally from records it already has (an app reopened mid-run)."""
+        with self._lock:
+            self.steps, self.evals = list(steps or []), list(evals or [])
+            self.total_steps, self.status = total_steps, status
+        self.draw()
+
     def __call__(self, event: Event) -> None:
         with self._lock:
             force = self._record(event)

@@ -1,0 +1,244 @@
+"""The notebook app: `s.ui()` (or `nbtune.App(s)`), a thin widget view over a Session.
+
+Every action calls a public Session method, and every tab re-reads the Session
+when it is shown, so code cells and the app can be mixed freely and `s.ui()`
+can be opened again at any time to show the current state. The app keeps only
+view state (which run its chart follows, which tab is open).
+
+Actions run through `Jobs`: in a worker thread in JupyterLab / Notebook 7 (the
+notebook stays usable and widgets keep updating), in the foreground where
+output from threads does not reach the notebook (Colab, VS Code), and the app
+says so. An action that fails shows what was wrong and what to do, with the
+full traceback one click away; nothing is swallowed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import ipywidgets as widgets
+
+from nbtune.errors import ConfigError, NbtuneError
+from nbtune.train.run import default_background, frontend
+from nbtune.ui.live import html_bundle, report_bundles
+from nbtune.viz.html import STYLE, esc, key_values
+
+
+class ReportView:
+    """An Output widget that shows one report (HTML, then its charts); safe to update from threads."""
+
+    def __init__(self, css_class: str, empty: str = "") -> None:
+        self.widget = widgets.Output()
+        self.widget.add_class(css_class)
+        self.report: Any = None
+        self.empty = empty
+        self.clear()
+
+    def show(self, report: Any) -> None:
+        self.report = report
+        self.widget.outputs = report_bundles(report)
+
+    def clear(self) -> None:
+        self.report = None
+        message = f'{STYLE}<div class="nbt muted">{esc(self.empty)}</div>' if self.empty else ""
+        self.widget.outputs = (html_bundle(message, self.empty),) if message else ()
+
+
+class ErrorPanel:
+    """Where failed actions land: what was wrong, what to do, and the traceback behind one click."""
+
+    def __init__(self) -> None:
+        self.widget = widgets.HTML("")
+        self.widget.add_class("nbtune-error")
+        self.last: BaseException | None = None
+
+    def show(self, action: str, error: BaseException) -> None:
+        self.last = error
+        if isinstance(error, NbtuneError):
+            what = getattr(error, "what", None) or str(error)
+            where = error._where() if hasattr(error, "_where") else ""
+            fix = getattr(error, "fix", None)
+        else:
+            what, where = f"{type(error).__name__}: {error}", ""
+            fix = "the traceback below says where it happened; if it looks like a bug in nbtune, report it with it"
+        trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        self.widget.value = (
+            '<div style="border:1px solid #f1aeb5;background:#fff5f5;padding:8px 10px;border-radius:6px;'
+            'font-family:system-ui;font-size:13px">'
+            f'<b>⚠ {esc(action)} failed:</b> {esc(what)}'
+            + (f'<br><span style="color:#555">where: {esc(where)}</span>' if where else "")
+            + (f"<br><b>What to do:</b> {esc(fix)}" if fix else "")
+            + '<details style="margin-top:6px"><summary style="cursor:pointer">Full traceback</summary>'
+            f'<pre style="white-space:pre-wrap;font-size:12px">{esc(trace)}</pre></details></div>')
+
+    def clear(self) -> None:
+        self.last = None
+        self.widget.value = ""
+
+
+class Jobs:
+    """Runs the app's actions one at a time, in a worker thread or in the foreground."""
+
+    def __init__(self, errors: ErrorPanel, background: bool, on_done: Callable[[], None]) -> None:
+        self.errors = errors
+        self.background = background
+        self.on_done = on_done
+        self.status = widgets.HTML("")
+        self.status.add_class("nbtune-status")
+        self.busy: str | None = None
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def run(self, label: str, action: Callable[[], Any], *, then: Callable[[Any], None] | None = None,
+            form: Any = None) -> bool:
+        """Start `action`; `then(result)` shows its outcome. False (and a notice) while another action runs."""
+        with self._lock:
+            if self.busy is not None:
+                self._say(f"⏳ {self.busy} is still running — try again when it is done")
+                return False
+            self.busy = label
+        self._say(f"⏳ {label}…")
+        if self.background:
+            self._thread = threading.Thread(target=self._work, args=(label, action, then, form), daemon=True,
+                                            name=f"nbtune-app-{label}")
+            self._thread.start()
+        else:
+            self._work(label, action, then, form)
+        return True
+
+    def _work(self, label: str, action: Callable[[], Any], then: Callable[[Any], None] | None, form: Any) -> None:
+        started = time.perf_counter()
+        try:
+            result = action()
+            if then is not None:
+                then(result)
+        except Exception as exc:  # shown in the app, with its traceback; never swallowed
+            if isinstance(exc, ConfigError) and form is not None:
+                form.show_error(exc)
+            self.errors.show(label, exc)
+            self._say(f"✗ {label} failed")
+        else:
+            self.errors.clear()
+            self._say(f"✓ {label} ({time.perf_counter() - started:.1f} s)")
+        finally:
+            with self._lock:
+                self.busy = None
+            self.on_done()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the current action ends (tests, and scripts driving the app)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _say(self, text: str) -> None:
+        self.status.value = f'<span style="font-family:system-ui;font-size:13px">{esc(text)}</span>'
+
+
+class Debouncer:
+    """Call `action` once changes stop for `delay` seconds (at once when not in the background)."""
+
+    def __init__(self, action: Callable[[], bool | None], delay: float, background: bool) -> None:
+        self.action, self.delay, self.background = action, delay, background
+        self._timer: threading.Timer | None = None
+
+    def __call__(self) -> None:
+        if not self.background or self.delay <= 0:
+            self.action()
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = threading.Timer(self.delay, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        if self.action() is False:  # another action was running: try again shortly
+            self()
+
+
+def _frontend_notice(background: bool) -> str:
+    if background:
+        return ""
+    where = {"colab": "Colab", "vscode": "VS Code"}.get(frontend(), "this frontend")
+    return (f'{STYLE}<div class="nbt muted">In {esc(where)} each action runs in the foreground: the notebook is busy '
+            "until it ends. To stop training early, use the notebook's interrupt button (a checkpoint is written "
+            "first).</div>")
+
+
+class App:
+    """Tabs over a Session: Data, Clean, Tokens, Model, Train, Evaluate, Compare, Lab."""
+
+    def __init__(self, session: Any, *, background: bool | None = None, debounce: float = 0.4) -> None:
+        from nbtune.ui import panels
+
+        self.session = session
+        self.background = default_background() if background is None else background
+        self.errors = ErrorPanel()
+        self.jobs = Jobs(self.errors, self.background, on_done=self.refresh_header)
+        self.debounce = debounce
+        self.header = widgets.HTML("")
+        self.header.add_class("nbtune-header")
+        self.panels = [panel(self) for panel in panels.PANELS]
+        self.tabs = widgets.Tab(children=[p.widget for p in self.panels])
+        for index, panel in enumerate(self.panels):
+            self.tabs.set_title(index, panel.title)
+        self.tabs.observe(self._tab_changed, names="selected_index")
+        notice = widgets.HTML(_frontend_notice(self.background))
+        self.widget = widgets.VBox([self.header, notice, self.errors.widget, self.jobs.status, self.tabs])
+        self.widget.add_class("nbtune-app")
+        self.refresh()
+
+    # ------------------------------------------------------------ helpers
+    def panel(self, title: str) -> Any:
+        """The panel of a tab, by title ('Data', 'Clean', ...)."""
+        return next(p for p in self.panels if p.title == title)
+
+    def show_tab(self, title: str) -> None:
+        self.tabs.selected_index = [p.title for p in self.panels].index(title)
+
+    def _tab_changed(self, change: dict) -> None:
+        if change["new"] is not None:
+            self._safely(self.panels[change["new"]].refresh)
+
+    def _safely(self, action: Callable[[], Any]) -> None:
+        try:
+            action()
+        except Exception as exc:  # a refresh that fails is shown, never swallowed
+            self.errors.show("showing the current state", exc)
+
+    def refresh(self) -> None:
+        """Re-read the Session into every tab (what `s.ui()` shows when opened again)."""
+        self.refresh_header()
+        for panel in self.panels:
+            self._safely(panel.refresh)
+
+    def refresh_header(self) -> None:
+        s = self.session
+        lines = list(s.stages())
+        model = s.model_settings
+        if model:
+            described = model["config"].get("model") or f"preset {model['config'].get('preset')}"
+            lines.append(("model", f"{model['kind']}: {described}" + (
+                f" ({model['config'].get('method')})" if model["kind"] == "pretrained" else "")))
+        if s.runs:
+            last = s.runs[-1]
+            lines.append(("runs", f"{len(s.runs)}; latest {last['id']}: {last.get('status', '?')}"))
+        self.header.value = (f'{STYLE}<div class="nbt"><b>nbtune</b> · {esc(s.workdir)}'
+                             f"{key_values(lines)}</div>")
+
+    def wait(self, timeout: float | None = None) -> App:
+        """Block until the running action ends (and a training run, if one is running)."""
+        self.jobs.wait(timeout)
+        return self
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    def __repr__(self) -> str:
+        return f"nbtune.App({self.session.workdir})  (display it in a notebook cell)"
