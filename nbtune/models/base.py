@@ -69,16 +69,21 @@ class LoadedModel:
 
     # --- checkpoints -------------------------------------------------------------------------------------------
 
-    def save(self, directory: str | Path) -> Path:
-        """Write the trainable state (and the tokenizer, and settings) atomically; return the folder."""
+    def save(self, directory: str | Path, *, state_dict: dict | None = None) -> Path:
+        """Write the trainable state (and the tokenizer, and settings) atomically; return the folder.
+
+        `state_dict` (full, unsharded tensors) is written instead of the model's own: an FSDP-sharded
+        model gathers it on rank 0 first.
+        """
         model = self._require_model()
+        given = {"state_dict": state_dict} if state_dict is not None else {}
 
         def build(tmp: Path) -> None:
             _quiet_progress_bars()
             if self.is_lora:
-                model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
+                model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False, **given)
             else:
-                model.save_pretrained(str(tmp))
+                model.save_pretrained(str(tmp), **given)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(str(tmp))
             (tmp / SETTINGS_FILE).write_text(json.dumps(

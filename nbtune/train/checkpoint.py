@@ -68,7 +68,7 @@ def _rng_tensors() -> dict[str, Any]:
     return tensors
 
 
-def _restore_rng(tensors: dict[str, Any]) -> None:
+def restore_rng(tensors: dict[str, Any]) -> None:
     import torch
 
     torch.set_rng_state(tensors["torch_cpu"])
@@ -78,13 +78,19 @@ def _restore_rng(tensors: dict[str, Any]) -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, *, loaded_model: Any, optimizer: Any, param_names: dict[int, str],
-                    state: dict[str, Any], keep: int) -> Path:
-    """Write a checkpoint atomically and prune old ones; returns its folder."""
+                    state: dict[str, Any], keep: int, model_state: dict[str, Any] | None = None,
+                    optimizer_tensors: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint atomically and prune old ones; returns its folder.
+
+    `model_state` and `optimizer_tensors` replace what would be read from the
+    model and optimizer: a sharded (FSDP) run passes the full state it gathered.
+    """
     from safetensors.torch import save_file
 
     def build(tmp: Path) -> None:
-        loaded_model.save(tmp / "model")
-        save_file(_optimizer_tensors(optimizer, param_names), str(tmp / "optimizer.safetensors"))
+        loaded_model.save(tmp / "model", state_dict=model_state)
+        tensors = optimizer_tensors if optimizer_tensors is not None else _optimizer_tensors(optimizer, param_names)
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
         save_file(_rng_tensors(), str(tmp / "rng.safetensors"))
         atomic_write_json(tmp / STATE, state)
 
@@ -105,5 +111,5 @@ def load_checkpoint(folder: Path, *, loaded_model: Any, optimizer: Any, param_na
     folder = Path(folder)
     loaded_model.load_trainable_state(folder / "model")
     _load_optimizer_tensors(optimizer, param_names, load_file(str(folder / "optimizer.safetensors")))
-    _restore_rng(load_file(str(folder / "rng.safetensors")))
+    restore_rng(load_file(str(folder / "rng.safetensors")))
     return read_state(folder)

@@ -151,7 +151,16 @@ class Engine:
         self.last_checkpoint: Path | None = None
         self.error: Exception | None = None
         self._forward: Any = loaded_model.model
+        self.dist: Any = None  # a distributed.DistInfo when several processes train this run
+        self._wrapped: Any = None  # the DDP wrapper / FSDP-sharded model, made once
         self.status = "created"
+
+    def distribute(self, info: Any) -> None:
+        """Train as one rank of a torchrun / accelerate job (see `nbtune.train.distributed`); call before `run()`."""
+        from nbtune.train import distributed
+
+        distributed.check_batch(info, self.plan.sequences_per_step)
+        self.dist = info
 
     # ------------------------------------------------------------ data
     def _packed(self, docs: tuple[list, list], *, epoch: int, shuffle: bool) -> Packed:
@@ -192,15 +201,27 @@ class Engine:
         model = self.lm.model
         if self.config.gradient_checkpointing:
             _enable_activation_checkpointing(model)
+        if self.dist is not None and self._wrapped is None:
+            from nbtune.train import distributed
+
+            self._wrapped = distributed.wrap(model, self.dist)
+        forward = self._wrapped if self._wrapped is not None else model
         # compile a wrapper, not the model itself: checkpoints keep saving the plain module
-        self._forward = torch.compile(model) if self.config.compile else model
+        self._forward = torch.compile(forward) if self.config.compile else forward
+
+    @property
+    def _fsdp(self) -> bool:
+        return self.dist is not None and self.dist.strategy == "fsdp"
 
     def restore(self, folder: Path) -> None:
         """Continue from a checkpoint: weights, optimizer, RNG, data position."""
-        if self.optimizer is None:
-            self.setup_optimizer()
-        state = ckpt.load_checkpoint(folder, loaded_model=self.lm, optimizer=self.optimizer,
-                                     param_names=self.param_names)
+        if self._fsdp:
+            state = self._restore_sharded(Path(folder))
+        else:
+            if self.optimizer is None:
+                self.setup_optimizer()
+            state = ckpt.load_checkpoint(folder, loaded_model=self.lm, optimizer=self.optimizer,
+                                         param_names=self.param_names)
         if self.lm.device.type == "cuda":
             for group in self.optimizer.param_groups:
                 for param in group["params"]:
@@ -213,6 +234,21 @@ class Engine:
         if self.scaler is not None and state.get("loss_scale"):
             self.scaler.update(state["loss_scale"])
         self.last_checkpoint = Path(folder)
+
+    def _restore_sharded(self, folder: Path) -> dict[str, Any]:
+        """FSDP: load the full weights into the still unsharded model, shard it, then scatter the optimizer state."""
+        from safetensors.torch import load_file
+
+        from nbtune.train import distributed
+
+        if self.optimizer is not None:
+            raise RuntimeError("restore an FSDP engine before it starts training")
+        self.lm.load_trainable_state(folder / "model")
+        self.setup_optimizer()
+        distributed.load_full_optimizer_state(self.lm.model, self.optimizer,
+                                              load_file(str(folder / "optimizer.safetensors")))
+        ckpt.restore_rng(load_file(str(folder / "rng.safetensors")))
+        return ckpt.read_state(folder)
 
     # ------------------------------------------------------------ events
     def emit(self, kind: str, **data: Any) -> None:
@@ -275,17 +311,30 @@ class Engine:
         import torch
 
         inputs, targets, weights, positions = self._step_batch(self.step)
-        total_weight = max(float(weights.sum()), 1.0)
+        total_weight = max(float(weights.sum()), 1.0)  # of the whole step, on every rank
         lr = learning_rate(self.step, self.plan, self.config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        # DDP and FSDP average gradients over ranks; scaling each rank's loss by their number makes that a sum
+        grad_scale = 1.0
+        if self.dist is not None:
+            from nbtune.train import distributed
+
+            mine = distributed.shard(self.dist, len(inputs))
+            inputs, targets, weights, positions = inputs[mine], targets[mine], weights[mine], positions[mine]
+            grad_scale = float(self.dist.world_size)
         loss_sum = torch.zeros((), device=self.lm.device.torch_device)
         micro = self.plan.micro_batch
-        for start in range(0, len(inputs), micro):
+        starts = range(0, len(inputs), micro)
+        for start in starts:
             part = slice(start, start + micro)
-            loss = self._micro_loss(inputs[part], targets[part], weights[part], positions[part]) / total_weight
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            with self._gradient_sync(last=start == starts[-1]):
+                loss = self._micro_loss(inputs[part], targets[part], weights[part], positions[part]) / total_weight
+                scaled = loss * grad_scale if grad_scale != 1.0 else loss
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             loss_sum += loss.detach()
+        if self.dist is not None:
+            distributed.all_reduce_sum(loss_sum)
         grad_norm = self._clip()
         if self.scaler:
             self.scaler.step(self.optimizer)
@@ -294,6 +343,16 @@ class Engine:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(loss_sum), int(weights.sum()), grad_norm
+
+    def _gradient_sync(self, *, last: bool) -> Any:
+        """Distributed: all-reduce gradients only after the step's last micro-batch."""
+        import contextlib
+
+        if self.dist is None:
+            return contextlib.nullcontext()
+        from nbtune.train import distributed
+
+        return distributed.gradient_sync(self._wrapped, self.dist, enabled=last)
 
     def _micro_loss(self, inputs: np.ndarray, targets: np.ndarray, weights: np.ndarray,
                     positions: np.ndarray) -> Any:
@@ -320,11 +379,20 @@ class Engine:
         if not params:
             return 0.0
         max_norm = self.config.max_grad_norm if self.config.max_grad_norm is not None else float("inf")
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if self._fsdp:
+            from nbtune.train import distributed
+
+            return distributed.plain_number(norm)
+        return float(norm)
 
     def _recover_from_oom(self, exc: BaseException) -> None:
         memory.release_after_oom(exc, self.optimizer)
         plan = self.plan
+        if self.dist is not None:  # the ranks run in lockstep: one rank cannot change its batch layout alone
+            raise MemoryError(f"out of memory on rank {self.dist.rank} at step {self.step + 1} with micro-batch "
+                              f"{plan.micro_batch}; lower batch_size (it is per process), enable "
+                              "gradient_checkpointing, or use --strategy fsdp to shard the model")
         if not self.config.auto_batch or plan.micro_batch == 1:
             advice = ("lower batch_size, enable gradient_checkpointing, shorten seq_len, or use lora/qlora"
                       if plan.micro_batch == 1 else "set auto_batch=True, or lower batch_size")
@@ -342,7 +410,8 @@ class Engine:
         self.tokens_seen += self.plan.tokens_per_step
         self.elapsed += seconds
         tokens_per_s = self.plan.tokens_per_step / max(seconds, 1e-9)
-        mfu = (self.flops_per_token * tokens_per_s / self.lm.device.peak_flops
+        devices = self.dist.world_size if self.dist is not None else 1
+        mfu = (self.flops_per_token * tokens_per_s / (self.lm.device.peak_flops * devices)
                if self.lm.device.peak_flops else None)
         self.emit("step", loss=loss, lr=learning_rate(self.step - 1, self.plan, self.config), grad_norm=grad_norm,
                   tokens=self.plan.tokens_per_step, trained_tokens=trained, tokens_seen=self.tokens_seen,
@@ -421,12 +490,29 @@ class Engine:
             return self.last_checkpoint  # this step is already on disk
         if self.optimizer is None:
             return None
-        path = ckpt.save_checkpoint(self.run_dir, self.step, loaded_model=self.lm, optimizer=self.optimizer,
-                                    param_names=self.param_names, state=self.state(),
-                                    keep=self.config.keep_checkpoints)
+        if self.dist is None:
+            path = ckpt.save_checkpoint(self.run_dir, self.step, loaded_model=self.lm, optimizer=self.optimizer,
+                                        param_names=self.param_names, state=self.state(),
+                                        keep=self.config.keep_checkpoints)
+        else:
+            path = self._save_distributed()
         self.last_checkpoint = path
         self.emit("checkpoint", path=str(path), reason=reason)
         return path
+
+    def _save_distributed(self) -> Path:
+        """Rank 0 writes the single-process checkpoint format; with FSDP every rank helps gather the state first."""
+        full_model, full_optimizer = None, None
+        if self._fsdp:
+            from nbtune.train import distributed
+
+            full_model, full_optimizer = distributed.gather_full_state(self.lm.model, self.optimizer)
+        if not self.dist.is_main:
+            return ckpt.checkpoint_dir(self.run_dir, self.step)
+        return ckpt.save_checkpoint(self.run_dir, self.step, loaded_model=self.lm, optimizer=self.optimizer,
+                                    param_names=self.param_names, state=self.state(),
+                                    keep=self.config.keep_checkpoints, model_state=full_model,
+                                    optimizer_tensors=full_optimizer)
 
     # ------------------------------------------------------------ endings
     def _finish(self, status: str) -> str:
