@@ -692,6 +692,119 @@ class Session:
         self.reports["export"] = report
         return report
 
+    # ------------------------------------------------- scaling out: recipes and runs from elsewhere
+    def export_recipe(self, directory: str | Path, *, data: str = "auto", strategy: str = "ddp",
+                      **train_overrides: Any) -> MessageReport:
+        """Write this session as a recipe folder that trains on more GPUs or machines (torchrun, accelerate launch).
+
+        The folder holds recipe.json (data sources, cleaning recipe, split, tokenizer, model and training
+        settings, seeds), the tokenizer of a from-scratch model (so no process trains its own), a copy of the
+        loaded rows when a source cannot be read again (`data='auto'`; 'copy' always copies, 'refer' never) and
+        train.py. Training settings are the latest run's, changed by `train_overrides` (e.g. steps=5000);
+        `strategy='fsdp'` shards the model. `attach_run()` brings the run back.
+        """
+        from nbtune.recipe import ROWS_FILE, export_recipe
+
+        target = Path(directory)
+        target = target if target.is_absolute() else self.workdir / target
+        recipe = export_recipe(self, target, data=data, strategy=strategy, train_overrides=train_overrides)
+        sources = recipe["data"]["sources"]
+        copied = sources[0]["kind"] == "rows"
+        script = target / "train.py"
+        report = MessageReport("Recipe written", [
+            ("folder", str(target)),
+            ("data", f"a copy of the {len(self._loaded):,} loaded rows ({ROWS_FILE})" if copied else
+             f"{len(sources)} source(s) read again by every process (they must exist where it runs)"),
+            ("one process", f"python {script}"),
+            ("4 GPUs on one machine", f"torchrun --nproc_per_node 4 {script}"),
+            ("the same with accelerate", f"accelerate launch --multi_gpu --num_processes 4 {script}"),
+            ("model too big for one GPU", f"torchrun --nproc_per_node 4 {script} --strategy fsdp"),
+            ("back in the notebook", f"s.attach_run({str(target / 'output')!r})"),
+        ])
+        self.reports["recipe"] = report
+        return report
+
+    def attach_run(self, directory: str | Path, *, checkpoint: str | int | None = None) -> MessageReport:
+        """Bring a run trained elsewhere (an exported recipe under torchrun or accelerate) into this session.
+
+        It appears in `compare()`, and `s.resume(run_id)` continues it here in one process (new steps and
+        checkpoints go to its own folder). `checkpoint='latest'`, `'best'` or a step number also loads that
+        checkpoint's weights into the session's model (rebuilt from the run's settings when they differ), so
+        `evaluate()`, `generate()` and `export()` use them. `directory` is a run folder, or a recipe's output
+        folder that holds one run.
+        """
+        from nbtune.eval.compare import load_run
+        from nbtune.recipe import find_run_dir
+
+        run = load_run(find_run_dir(directory))
+        if self._run is not None and self._run.status in ("running", "paused"):
+            raise StageOrderError(f"{self._run.id} is {self._run.status}: stop it (run.stop()) or wait for it first")
+        loaded = self._load_run_checkpoint(run, checkpoint) if checkpoint is not None else None
+        record = self._attached_record(run)
+        report = MessageReport(f"Run attached: {record['id']}", [
+            ("folder", str(run.dir)), ("status", f"{run.status}, {record['step']} steps"),
+            ("checkpoints", ", ".join(p.name for p in run.checkpoints) or "none"),
+            *self._attach_checks(run),
+            ("weights loaded", f"{loaded.name} (evaluate, generate and export use them)" if loaded else
+             "none (pass checkpoint='latest' or 'best' to evaluate or export this run)"),
+            ("next", f"s.compare() · s.resume({record['id']!r})")])
+        self.reports["attach"] = report
+        self._autosave()
+        return report
+
+    def _attached_record(self, run: Any) -> dict[str, Any]:
+        """The session's record of an attached run (updated in place when it is attached again)."""
+        from nbtune.recipe import attached_id
+
+        record = {"dir": str(run.dir), "method": run.method, "model": run.config.get("model") or {},
+                  "config": run.config.get("config") or {}, "status": run.status,
+                  "created": run.config.get("created"), "attached": _now(),
+                  "checkpoint": str(run.checkpoints[-1]) if run.checkpoints else None,
+                  "step": run.steps[-1]["step"] if run.steps else 0}
+        for existing in self.runs:
+            if (self.workdir / existing["dir"]).resolve() == run.dir:
+                existing.update(status=record["status"], checkpoint=record["checkpoint"], step=record["step"])
+                return existing
+        record = {"id": attached_id(run.id, [r["id"] for r in self.runs]), **record}
+        self.runs.append(record)
+        return record
+
+    def _attach_checks(self, run: Any) -> list[tuple[str, str]]:
+        """Does the run match this session (model, tokenizer, data)? What resuming it here needs."""
+        from nbtune.recipe import tokenizer_fingerprint, tokens_fingerprint
+
+        def same(value: Any, mine: Any) -> str:
+            return "unknown (not recorded)" if value is None else "same as this session's" if value == mine else \
+                "different from this session's"
+
+        model = run.config.get("model")
+        tok = run.config.get("tokenizer_fingerprint")
+        data = run.config.get("data_fingerprint")
+        return [("model settings", same(model, self.model_settings)),
+                ("tokenizer", same(tok, tokenizer_fingerprint(self._tokenizer) if self._tokenizer else None)),
+                ("training data", same(data, tokens_fingerprint(self._tokens) if self._tokens is not None else None)
+                 + ("" if data is None or self._tokens is None or data == tokens_fingerprint(self._tokens) else
+                    ": a resume here would continue on this session's data"))]
+
+    def _load_run_checkpoint(self, run: Any, which: str | int) -> Path:
+        """Put a run's checkpoint weights into the session's model, rebuilding the model from the run's settings."""
+        from nbtune.recipe import pick_checkpoint, tokenizer_fingerprint
+
+        path = pick_checkpoint(run, which)
+        wanted = run.config.get("model") or {}
+        recorded = run.config.get("tokenizer_fingerprint")
+        if recorded and self._tokenizer is not None and tokenizer_fingerprint(self._tokenizer) != recorded:
+            raise ConfigError("the run was trained with another tokenizer than this session's", column="tokenizer",
+                              fix="attach it in the session that exported its recipe (Session.open(workdir))")
+        if not wanted:
+            raise DataError("run.json does not say which model was trained", path=run.dir,
+                            fix="attach a run written by nbtune (a notebook run or an exported recipe)")
+        if wanted != self.model_settings or self._model is None:
+            self.model_settings = wanted
+            self._rebuild_model()
+        self._model.load_trainable_state(path / "model")
+        return path
+
     # -------------------------------------------------------------------- lab
     def lab(self, config: Any = None, **overrides: Any) -> Any:
         """Fine-tuning vs training from scratch on this session's data, measured (see `nbtune.eval.lab`)."""
