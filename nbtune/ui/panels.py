@@ -70,6 +70,7 @@ class DataPanel(Panel):
         self.example = widgets.Dropdown(options=[("KJV Bible (plain text, for from-scratch)", "kjv"),
                                                  ("Chat dialogs (for fine-tuning)", "dialogs")],
                                         layout=widgets.Layout(width="340px"))
+        self.example.add_class("nbtune-example")
         self.load_example = button("Load example", "nbtune-load-example", "Load embedded data that works offline")
         self.path = widgets.Text(placeholder="a file, folder, glob (data/*.jsonl) or hub id",
                                  layout=widgets.Layout(width="420px"))
@@ -290,7 +291,7 @@ class TrainPanel(Panel):
             self.followed = None
             return self.session.train(config, listeners=(self._on_event,), live=False, progress=False)
 
-        self.jobs.run("training", start, form=self.form)
+        self.jobs.run("starting training", start, form=self.form)
 
     def do_resume(self) -> None:
         run = self.session.run
@@ -322,6 +323,7 @@ class TrainPanel(Panel):
         if event.kind == "run_start":
             self.bar.max = max(1, event.data["plan"]["total_steps"])
             self._set_buttons("running")
+            self.app.refresh_header()
         elif event.kind == "step":
             self.bar.value = min(event.step, self.bar.max)
         elif event.kind == "checkpoint":

@@ -15,6 +15,7 @@ import numpy as np
 BLUE = "#3a6fd8"
 ORANGE = "#e8833a"
 GREY = "#8c959f"
+GREEN = "#2da44e"
 
 
 def _go() -> Any:
@@ -100,6 +101,38 @@ def training_curves(steps: Sequence[dict], evals: Sequence[dict], *, title: str 
     fig.update_layout(title=title, xaxis_title="optimizer step", yaxis_title="loss (nats per token)",
                       template="plotly_white", height=340, margin=dict(l=60, r=20, t=50, b=50),
                       legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
+    return fig
+
+
+def live_training_figure(steps: Sequence[dict], evals: Sequence[dict], *, title: str = "Training (live)") -> Any:
+    """Loss on top; tokens per second and the learning rate below. Always the same four traces, so a live
+    chart can update them in place (empty until the first step)."""
+    from plotly.subplots import make_subplots
+
+    go = _go()
+    x = [r["step"] for r in steps]
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.62, 0.38], vertical_spacing=0.08,
+                        specs=[[{}], [{"secondary_y": True}]])
+    fig.add_trace(go.Scatter(x=x, y=[r["loss"] for r in steps], mode="lines", name="train loss",
+                             line=dict(color=BLUE, width=1.5),
+                             customdata=[[r.get("tokens_seen", 0)] for r in steps],
+                             hovertemplate="step %{x}<br>train loss %{y:.4f}<br>%{customdata[0]:,} tokens seen"
+                                           "<extra></extra>"), row=1, col=1)
+    fig.add_trace(go.Scatter(x=[r["step"] for r in evals], y=[r["eval_loss"] for r in evals], mode="lines+markers",
+                             name="validation loss", line=dict(color=ORANGE, width=2), marker=dict(size=7),
+                             hovertemplate="step %{x}<br>validation loss %{y:.4f}<extra></extra>"), row=1, col=1)
+    fig.add_trace(go.Scatter(x=x, y=[r["tokens_per_s"] for r in steps], mode="lines", name="tokens/s",
+                             line=dict(color=GREEN, width=1.2),
+                             hovertemplate="step %{x}<br>%{y:,.0f} tokens/s<extra></extra>"), row=2, col=1)
+    fig.add_trace(go.Scatter(x=x, y=[r["lr"] for r in steps], mode="lines", name="learning rate",
+                             line=dict(color=GREY, dash="dot"), hovertemplate="step %{x}<br>lr %{y:.2e}<extra></extra>"),
+                  row=2, col=1, secondary_y=True)
+    fig.update_yaxes(title_text="loss (nats/token)", row=1, col=1)
+    fig.update_yaxes(title_text="tokens/s", rangemode="tozero", row=2, col=1)
+    fig.update_yaxes(title_text="lr", showgrid=False, exponentformat="e", row=2, col=1, secondary_y=True)
+    fig.update_xaxes(title_text="optimizer step", row=2, col=1)
+    fig.update_layout(title=title, template="plotly_white", height=460, margin=dict(l=60, r=60, t=60, b=50),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1.0))
     return fig
 
 

@@ -95,7 +95,7 @@ class LiveChart:
         return " · ".join(parts)
 
     def figure(self) -> Any:
-        return charts.training_curves(self.steps, self.evals, title="Training loss (live)")
+        return charts.live_training_figure(self.steps, self.evals)
 
     def show(self) -> None:
         """Put the (empty) chart in the notebook; called in the cell that starts the run (main thread)."""
