@@ -341,43 +341,60 @@ def _bus(run_dir: Path, info: Any, progress: bool) -> Any:
     return bus
 
 
+def _method(recipe: dict[str, Any]) -> str:
+    model = recipe["model"]
+    return "scratch" if model["kind"] == "scratch" else model["config"]["method"]
+
+
+def _strategy(recipe: dict[str, Any], flag: str | None) -> str | None:
+    """The --strategy flag, else recipe.json's "fsdp"; None lets `accelerate launch --use_fsdp` choose."""
+    chosen = recipe["distributed"]["strategy"]
+    return flag or (chosen if chosen != "ddp" else None)
+
+
 def run_recipe(folder: str | Path, *, out: str | Path | None = None, run_id: str | None = None,
                steps: int | None = None, resume: bool = False, strategy: str | None = None,
                progress: bool = True) -> str:
     """Train a recipe in this process, as one rank of a torchrun / accelerate job or alone; returns the status."""
     from nbtune.config import TrainConfig
-    from nbtune.events import StopToken
     from nbtune.train import distributed
 
     folder = Path(folder).expanduser().resolve()
     recipe = read_recipe(folder)
-    # None lets `accelerate launch --use_fsdp` choose FSDP; an explicit flag or recipe.json's "fsdp" wins
-    chosen = strategy or (recipe["distributed"]["strategy"] if recipe["distributed"]["strategy"] != "ddp" else None)
-    info = distributed.from_env(chosen)
+    workdir = Path(out).expanduser().resolve() if out else folder / "output"
+    run_id = run_id or f"{recipe['name']}-{_method(recipe)}"
+    settings = TrainConfig.from_dict(recipe["train"]).replace(background=False, **({"steps": steps} if steps else {}))
+    info = distributed.from_env(_strategy(recipe, strategy))
+    checkpoint = _checkpoint_to_resume(workdir / "runs" / run_id, resume, info)  # before the slow part
     backend = distributed.init(info) if info is not None else None
     try:
         with _local_main_first(info):
-            session = build_session(folder, Path(out).expanduser().resolve() if out else folder / "output")
+            session = build_session(folder, workdir)
         fingerprint = _check_data(session, recipe, info)
-        settings = TrainConfig.from_dict(recipe["train"]).replace(background=False, **({"steps": steps} if steps else {}))
-        run_id = run_id or f"{recipe['name']}-{session.model.method}"
         record = _run_record(session, recipe, settings, run_id, info, backend, fingerprint, folder)
-        run_dir = session.workdir / record["dir"]
-        checkpoint = _checkpoint_to_resume(run_dir, resume, info)
-        if checkpoint is None and (info is None or info.is_main):
-            session._write_run_file(record)
-        engine = session._make_engine(record, settings, _bus(run_dir, info, progress), StopToken())
-        if info is not None:
-            engine.distribute(info)
-        if checkpoint is not None:
-            engine.restore(checkpoint)
-        status = engine.run()
-        if engine.error is not None:
-            raise engine.error
-        return status
+        return _train(session, record, settings, checkpoint, info, progress)
     finally:
         if info is not None:
             distributed.shutdown()
+
+
+def _train(session: Any, record: dict[str, Any], settings: Any, checkpoint: Path | None, info: Any,
+           progress: bool) -> str:
+    """The notebook's engine on the rebuilt session: distributed, continued from `checkpoint` if given."""
+    from nbtune.events import StopToken
+
+    run_dir = session.workdir / record["dir"]
+    if checkpoint is None and (info is None or info.is_main):
+        session._write_run_file(record)
+    engine = session._make_engine(record, settings, _bus(run_dir, info, progress), StopToken())
+    if info is not None:
+        engine.distribute(info)
+    if checkpoint is not None:
+        engine.restore(checkpoint)
+    status = engine.run()
+    if engine.error is not None:
+        raise engine.error
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -203,10 +203,23 @@ def gather_full_state(model: Any, optimizer: Any) -> tuple[dict[str, Any], dict[
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     model_state = get_model_state_dict(model, options=_full_options(True))
+    for alias in _tied_aliases(model):  # tied weights are written once, as save_pretrained does
+        model_state.pop(alias, None)
     optim_state = get_optimizer_state_dict(model, optimizer, options=_full_options(True))
     tensors = {f"{name}::{key}": value.detach().to("cpu").contiguous()
                for name, state in optim_state.get("state", {}).items() for key, value in state.items()}
     return model_state, tensors
+
+
+def _tied_aliases(model: Any) -> list[str]:
+    """Names under which an already named parameter appears again (e.g. lm_head.weight tied to the embeddings)."""
+    seen: set[int] = set()
+    aliases = []
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in seen:
+            aliases.append(name)
+        seen.add(id(param))
+    return aliases
 
 
 def load_full_optimizer_state(model: Any, optimizer: Any, tensors: dict[str, Any]) -> None:
