@@ -10,6 +10,7 @@ import pytest
 from conftest import counting_docs
 
 import nbtune
+from nbtune.ui.forms import IPYWIDGETS_MAJOR
 
 TRAIN = {"steps": "6", "batch_size": "4", "eval_every": "3", "eval_batches": "2", "warmup_steps": "1",
          "learning_rate": "0.003"}
@@ -109,12 +110,21 @@ def test_upload_is_saved_in_the_session_and_loaded(tmp_path):
     s = nbtune.Session(tmp_path / "s")
     app = s.ui()
     content = "".join(json.dumps({"text": d}) + "\n" for d in counting_docs(50)).encode()
-    app.panel("Data").upload.value = ({"name": "notes.jsonl", "type": "text/plain", "size": len(content),
-                                       "content": memoryview(content),
-                                       "last_modified": datetime.datetime.now(datetime.timezone.utc)},)
+    simulate_upload(app.panel("Data").upload, "notes.jsonl", content)
     assert len(s.raw_dataset) == 50
     saved = list((s.workdir / "uploads").rglob("notes.jsonl"))
     assert len(saved) == 1 and saved[0].read_bytes() == content
+
+
+def simulate_upload(upload, name: str, content: bytes) -> None:
+    """What the browser does when a file is chosen, in ipywidgets 8 (value) and 7 (metadata, data, _counter)."""
+    if IPYWIDGETS_MAJOR >= 8:
+        upload.value = ({"name": name, "type": "text/plain", "size": len(content), "content": memoryview(content),
+                         "last_modified": datetime.datetime.now(datetime.timezone.utc)},)
+    else:
+        upload.metadata = [{"name": name, "type": "text/plain", "size": len(content), "lastModified": 0}]
+        upload.data = [content]
+        upload._counter += 1
 
 
 def test_split_form_calls_session_split(tmp_path):
