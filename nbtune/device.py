@@ -94,7 +94,8 @@ def pick_device(device: str | None = None, precision: str | None = None) -> Devi
                               fix="leave device unset to use the CPU, or attach a GPU (Colab: Runtime > Change "
                                   "runtime type)")
         props = torch.cuda.get_device_properties(0)
-        natural = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        # Native bf16 only (Ampere and newer): torch would also say yes for a T4, where bf16 is emulated and slow.
+        natural = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
         info = DeviceInfo("cuda", props.name, precision or natural, props.total_memory, _cuda_peak(props.name))
     elif kind == "mps":
         info = DeviceInfo("mps", "Apple GPU (MPS)", precision or "fp32", None, None)
