@@ -367,6 +367,10 @@ def run_recipe(folder: str | Path, *, out: str | Path | None = None, run_id: str
     info = distributed.from_env(_strategy(recipe, strategy))
     checkpoint = _checkpoint_to_resume(workdir / "runs" / run_id, resume, info)  # before the slow part
     backend = distributed.init(info) if info is not None else None
+    if info is not None and not info.is_main:
+        import datasets
+
+        datasets.disable_progress_bars()  # one copy of each progress bar is enough
     try:
         with _local_main_first(info):
             session = build_session(folder, workdir)
@@ -471,7 +475,8 @@ def launch(folder: str | Path, num_processes: int, **options: Any) -> None:
 
     CUDA must not have been touched in the notebook's process yet (the
     processes are forked), so call this in a fresh kernel, before any model
-    is on the GPU; `options` go to `run_recipe`.
+    is on the GPU; `options` go to `run_recipe`. The processes print nothing: follow the run in
+    `<out>/runs/<run id>/metrics.jsonl`, or attach it when it is done.
     """
     from accelerate import notebook_launcher
 
@@ -479,4 +484,8 @@ def launch(folder: str | Path, num_processes: int, **options: Any) -> None:
 
 
 def _launched(folder: str, options: dict[str, Any]) -> None:
-    run_recipe(folder, **options)
+    """One forked process: the kernel's widgets and output streams cannot be reached from here, so no progress bars."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    run_recipe(folder, **{"progress": False, **options})

@@ -267,3 +267,22 @@ def test_a_second_launch_into_the_same_run_folder_is_refused(notebook, ddp_run):
                          capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode != 0 and "already holds a run" in out.stderr and "--resume" in out.stderr
     assert (ddp_run / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.slow
+def test_lora_recipe_under_accelerate_fsdp_matches_the_notebook(notebook, counting_down_docs, tmp_path):
+    pretrained = tmp_path / "pretrained"  # the notebook's scratch model, saved as a model to fine-tune
+    notebook[0].model.save(pretrained)
+    notebook[0].tokenizer.save_pretrained(str(pretrained))
+    s = nbtune.Session(tmp_path / "ft")
+    s.load(counting_down_docs)
+    s.tokenize(tokenizer=str(pretrained), context_length=32)
+    s.use_model(str(pretrained), method="lora", lora_dropout=0.0)  # dropout masks are drawn per rank
+    reference = s.train(steps=4, progress=False, **{**SETTINGS, "learning_rate": 1e-2}).losses
+    s.export_recipe("recipe")
+    _launch(_accelerate("--use_fsdp"), s.workdir / "recipe")  # sets ACCELERATE_USE_FSDP: nbtune shards with FSDP2
+    run_dir = s.workdir / "recipe" / "output" / "runs" / "ft-lora"
+    np.testing.assert_allclose(_losses(run_dir), reference, rtol=LOSS_RTOL)
+    assert json.loads((run_dir / "run.json").read_text())["distributed"]["strategy"] == "fsdp"
+    saved = {p.name for p in (run_dir / "checkpoints" / "step-000004" / "model").iterdir()}
+    assert "adapter_model.safetensors" in saved and "model.safetensors" not in saved  # the adapter alone, as ever
