@@ -226,14 +226,16 @@ def test_a_run_started_from_code_shows_up_when_the_train_tab_opens(tmp_path):
     assert [r["step"] for r in app.panel("Train").chart.steps] == [1, 2]
 
 
-def test_a_second_action_waits_for_the_first(tmp_path):
+def test_clicks_during_an_action_queue_behind_it_and_previews_keep_only_the_latest(tmp_path):
     s, app = loaded_app(tmp_path, background=True)
-    started = app.jobs.run("slow thing", lambda: time.sleep(0.5))
-    assert started and app.jobs.run("other", lambda: None) is False
-    assert "slow thing is still running" in app.jobs.status.value
-    app.wait()
-    assert app.jobs.run("other", lambda: None)
-    app.wait()
+    done = []
+    app.jobs.run("slow thing", lambda: (time.sleep(0.5), done.append("slow")))
+    app.jobs.run("other", lambda: done.append("other"))
+    assert "other is next" in app.jobs.status.value
+    for word in ("first", "second", "third"):
+        app.jobs.run("preview", lambda w=word: done.append(w), replace=True)
+    app.wait(30)
+    assert done == ["slow", "other", "third"]
 
 
 def test_core_never_imports_widgets():

@@ -81,7 +81,12 @@ class ErrorPanel:
 
 
 class Jobs:
-    """Runs the app's actions one at a time, in a worker thread or in the foreground."""
+    """Runs the app's actions in order, on one worker thread (or in the foreground); clicks are never lost.
+
+    A click while another action runs is queued behind it and the status line
+    says so. Actions queued with `replace=True` (previews, estimates) keep only
+    their latest request, so typing fast does not pile up stale previews.
+    """
 
     def __init__(self, errors: ErrorPanel, background: bool, on_done: Callable[[], None]) -> None:
         self.errors = errors
@@ -90,27 +95,39 @@ class Jobs:
         self.status = widgets.HTML("")
         self.status.add_class("nbtune-status")
         self.busy: str | None = None
+        self._queue: list[tuple[str, Callable[[], Any], Callable[[Any], None] | None, Any]] = []
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._worker: threading.Thread | None = None
 
     def run(self, label: str, action: Callable[[], Any], *, then: Callable[[Any], None] | None = None,
-            form: Any = None) -> bool:
-        """Start `action`; `then(result)` shows its outcome. False (and a notice) while another action runs."""
-        with self._lock:
-            if self.busy is not None:
-                self._say(f"⏳ {self.busy} is still running — try again when it is done")
-                return False
-            self.busy = label
-        self._say(f"⏳ {label}…")
-        if self.background:
-            self._thread = threading.Thread(target=self._work, args=(label, action, then, form), daemon=True,
-                                            name=f"nbtune-app-{label}")
-            self._thread.start()
-        else:
+            form: Any = None, replace: bool = False) -> None:
+        """Run `action` (after any running one); `then(result)` shows its outcome."""
+        if not self.background:
             self._work(label, action, then, form)
-        return True
+            return
+        with self._lock:
+            if replace:
+                self._queue = [job for job in self._queue if job[0] != label]
+            self._queue.append((label, action, then, form))
+            ahead = self.busy or (self._queue[0][0] if len(self._queue) > 1 else None)
+            if ahead is not None:
+                self._say(f"⏳ {ahead}… ({label} is next)")
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._drain, daemon=True, name="nbtune-app")
+                self._worker.start()
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._worker = None
+                    return
+                job = self._queue.pop(0)
+            self._work(*job)
 
     def _work(self, label: str, action: Callable[[], Any], then: Callable[[Any], None] | None, form: Any) -> None:
+        self.busy = label
+        self._say(f"⏳ {label}…")
         started = time.perf_counter()
         try:
             result = action()
@@ -125,14 +142,19 @@ class Jobs:
             self.errors.clear()
             self._say(f"✓ {label} ({time.perf_counter() - started:.1f} s)")
         finally:
-            with self._lock:
-                self.busy = None
+            self.busy = None
             self.on_done()
 
     def wait(self, timeout: float | None = None) -> None:
-        """Block until the current action ends (tests, and scripts driving the app)."""
-        if self._thread is not None:
-            self._thread.join(timeout)
+        """Block until every queued action has ended (tests, and scripts driving the app)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            worker = self._worker
+            if worker is None:
+                return
+            worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if deadline is not None and time.monotonic() >= deadline:
+                return
 
     def _say(self, text: str) -> None:
         self.status.value = f'<span style="font-family:system-ui;font-size:13px">{esc(text)}</span>'
@@ -141,7 +163,7 @@ class Jobs:
 class Debouncer:
     """Call `action` once changes stop for `delay` seconds (at once when not in the background)."""
 
-    def __init__(self, action: Callable[[], bool | None], delay: float, background: bool) -> None:
+    def __init__(self, action: Callable[[], None], delay: float, background: bool) -> None:
         self.action, self.delay, self.background = action, delay, background
         self._timer: threading.Timer | None = None
 
@@ -151,13 +173,9 @@ class Debouncer:
             return
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = threading.Timer(self.delay, self._fire)
+        self._timer = threading.Timer(self.delay, self.action)
         self._timer.daemon = True
         self._timer.start()
-
-    def _fire(self) -> None:
-        if self.action() is False:  # another action was running: try again shortly
-            self()
 
 
 def _frontend_notice(background: bool) -> str:

@@ -158,11 +158,10 @@ class CleanPanel(Panel):
                                          "'Apply to all rows'."), self.form.widget,
                                     widgets.HBox([self.preview, self.apply, self.undo]), self.view.widget])
 
-    def do_preview(self) -> bool:
-        if self.session.raw_dataset is None:
-            return True
-        return self.jobs.run("previewing cleaning", lambda: self.session.preview_clean(self.form.config()),
-                             then=self.view.show, form=self.form)
+    def do_preview(self) -> None:
+        if self.session.raw_dataset is not None:
+            self.jobs.run("previewing cleaning", lambda: self.session.preview_clean(self.form.config()),
+                          then=self.view.show, form=self.form, replace=True)
 
     def do_apply(self) -> None:
         self.jobs.run("cleaning all rows", lambda: self.session.clean(self.form.config()), then=self.view.show,
@@ -233,12 +232,12 @@ class ModelPanel(Panel):
         if self.path.value == SCRATCH:
             self.estimate_later()
 
-    def do_estimate(self) -> bool:
+    def do_estimate(self) -> None:
         if self.session.tokenizer is None:
             self.estimate.clear()
-            return True
-        return self.jobs.run("estimating the model", lambda: self.session.model_card(self.scratch.config()),
-                             then=self.estimate.show, form=self.scratch)
+            return
+        self.jobs.run("estimating the model", lambda: self.session.model_card(self.scratch.config()),
+                      then=self.estimate.show, form=self.scratch, replace=True)
 
     def refresh(self) -> None:
         settings = self.session.model_settings

@@ -88,8 +88,9 @@ class LiveChart:
         done, total = last.get("step", 0), self.total_steps or 0
         parts = [f"{self.status}", f"step {done:,}/{total:,}"]
         if last:
-            parts += [f"loss {last['loss']:.4f}", f"{last['tokens_per_s']:,.0f} tokens/s",
-                      f"ETA {_eta(done, total, last.get('elapsed', 0.0))}"]
+            parts += [f"loss {last['loss']:.4f}", f"{last['tokens_per_s']:,.0f} tokens/s"]
+            if self.status == "running":
+                parts.append(f"ETA {_eta(done, total, last.get('elapsed', 0.0))}")
         if self.evals:
             parts.append(f"validation loss {self.evals[-1]['eval_loss']:.4f}")
         return " · ".join(parts)

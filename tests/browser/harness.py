@@ -44,8 +44,8 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def jupyterlab(root: Path) -> Iterator[str]:
-    """Run JupyterLab serving `root`; yields the base URL with its token."""
+def jupyterlab(root: Path, frontend: str = "lab") -> Iterator[str]:
+    """Run JupyterLab (or Notebook 7 with frontend='notebook') serving `root`; yields a URL template for a path."""
     port, token = _free_port(), secrets.token_hex(16)
     home = root / ".home"
     home.mkdir(exist_ok=True)
@@ -53,9 +53,9 @@ def jupyterlab(root: Path) -> Iterator[str]:
            "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     log = open(root / "jupyterlab.log", "w")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", "--ip=127.0.0.1",
+        [sys.executable, "-m", "jupyter", frontend, "--no-browser", "--allow-root", "--ip=127.0.0.1",
          f"--port={port}", f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
-         "--LabApp.expose_app_in_browser=True", "--ServerApp.disable_check_xsrf=True"],
+         "--expose-app-in-browser", "--ServerApp.disable_check_xsrf=True"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -68,7 +68,8 @@ def jupyterlab(root: Path) -> Iterator[str]:
                 time.sleep(0.3)
         else:
             raise RuntimeError(f"JupyterLab did not start: {(root / 'jupyterlab.log').read_text()[-2000:]}")
-        yield f"{base}/lab/tree/{{path}}?token={token}&reset"
+        yield (f"{base}/lab/tree/{{path}}?token={token}&reset" if frontend == "lab"
+               else f"{base}/notebooks/{{path}}?token={token}")
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

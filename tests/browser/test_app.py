@@ -36,20 +36,21 @@ PAYLOADS = [
 ] * 4
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
+@pytest.fixture(scope="module", params=["lab", "notebook"], ids=["jupyterlab4", "notebook7"])
+def lab(request, tmp_path_factory):
     reason = browser_available()
     if reason:
         pytest.skip(reason)
-    tmp_path = tmp_path_factory.mktemp("app")
+    frontend = request.param
+    tmp_path = tmp_path_factory.mktemp(f"app-{frontend}")
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copy(QUICKSTART, tmp_path / QUICKSTART.name)
     os.environ["NBTUNE_SMALL"] = "1"  # the kernel inherits it: the notebook picks its small settings
     try:
-        with jupyterlab(tmp_path) as url, browser_page(tmp_path, height=3000) as page:
+        with jupyterlab(tmp_path, frontend) as url, browser_page(tmp_path, height=3000) as page:
             open_notebook(page, url, QUICKSTART.name)
             run_all(page)
-            yield page, tmp_path
+            yield page, tmp_path, frontend
     finally:
         os.environ.pop("NBTUNE_SMALL", None)
 
@@ -83,17 +84,17 @@ def wait_status(page, app, text: str, timeout: float = 300) -> None:
     pytest.fail(f"timed out waiting for {text!r}; status: {app.locator('.nbtune-status').inner_text()}")
 
 
-def shot(page, name: str) -> None:
-    page.screenshot(path=str(ARTIFACTS / f"app_{name}.png"))
+def shot(page, frontend: str, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"app_{frontend}_{name}.png"))
 
 
 def test_quickstart_app_load_preview_train_stop_evaluate(lab):
-    page, _ = lab
+    page, _, frontend = lab
     errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
     assert page.locator(".jp-OutputArea-output .jp-RenderedText[data-mime-type='application/vnd.jupyter.error']"
                         ).count() == 0, errors.all_inner_texts()
     app = the_app(page)
-    shot(page, "0_after_run_all")
+    shot(page, frontend, "0_after_run_all")
 
     # Data: load the embedded KJV text
     open_tab(app, "Data")
@@ -101,14 +102,14 @@ def test_quickstart_app_load_preview_train_stop_evaluate(lab):
     app.locator(".nbtune-load-example").click()
     wait_status(page, app, "✓ loading example kjv")
     assert "rows" in app.locator(".nbtune-data-report").inner_text()
-    shot(page, "1_data")
+    shot(page, frontend, "1_data")
 
     # Clean: a change previews at once (debounced); nothing is applied
     open_tab(app, "Clean")
     app.locator(".nbtune-field-mask_pii input").check()
     wait_status(page, app, "✓ previewing cleaning")
     assert "preview" in app.locator(".nbtune-clean-report").inner_text().lower()
-    shot(page, "2_clean_preview")
+    shot(page, frontend, "2_clean_preview")
 
     # Tokens and a tiny model from scratch
     open_tab(app, "Tokens")
@@ -121,7 +122,7 @@ def test_quickstart_app_load_preview_train_stop_evaluate(lab):
     app.locator(".nbtune-model-path button", has_text="from scratch").click()
     app.locator(".nbtune-model-create").click()
     wait_status(page, app, "✓ creating the model")
-    shot(page, "3_model")
+    shot(page, frontend, "3_model")
 
     # Train: the live chart gains points; Stop ends the run with a checkpoint
     open_tab(app, "Train")
@@ -133,7 +134,7 @@ def test_quickstart_app_load_preview_train_stop_evaluate(lab):
         counts.append(app.evaluate(POINTS_JS))
         time.sleep(1.0)
     assert len({c for c in counts if c > 0}) >= 4, counts
-    shot(page, "4_training")
+    shot(page, frontend, "4_training")
     app.locator(".nbtune-train-stop").click()
     state = app.locator(".nbtune-train-state")
     deadline = time.time() + 120
@@ -142,7 +143,7 @@ def test_quickstart_app_load_preview_train_stop_evaluate(lab):
     text = state.inner_text()
     assert "stopped" in text and "checkpoint" in text and "step-" in text, text
     assert max(counts) < 3000
-    shot(page, "5_stopped")
+    shot(page, frontend, "5_stopped")
 
     # Evaluate: the per-row chart renders
     open_tab(app, "Evaluate")
@@ -152,11 +153,11 @@ def test_quickstart_app_load_preview_train_stop_evaluate(lab):
     page.wait_for_function("(app) => app.querySelectorAll('.nbtune-eval-report .js-plotly-plot').length > 0",
                            arg=app.element_handle(), timeout=60_000)
     assert "bits per byte" in app.locator(".nbtune-eval-report").inner_text().lower()
-    shot(page, "6_evaluate")
+    shot(page, frontend, "6_evaluate")
 
 
 def test_payloads_in_the_data_execute_nothing(lab):
-    page, root = lab
+    page, root, frontend = lab
     path = root / "payloads.jsonl"
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in PAYLOADS), encoding="utf-8")
     app = the_app(page)
@@ -173,7 +174,7 @@ def test_payloads_in_the_data_execute_nothing(lab):
     page.wait_for_function("(app) => app.querySelector('.nbtune-error').innerText.includes('failed')",
                            arg=app.element_handle(), timeout=60_000)
     assert "onerror" in app.locator(".nbtune-error").inner_text()
-    shot(page, "7_payloads")
+    shot(page, frontend, "7_payloads")
     assert page.evaluate("() => window.__nbtune_xss === undefined"), page.evaluate("() => window.__nbtune_xss")
     assert app.locator("img[src='x']").count() == 0 and app.locator("svg[onload], iframe").count() == 0
     assert "<script>window.__nbtune_xss" in app.locator(".nbtune-data-report").inner_text()
