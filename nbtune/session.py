@@ -731,12 +731,13 @@ class Session:
         checkpoints go to its own folder). `checkpoint='latest'`, `'best'` or a step number also loads that
         checkpoint's weights into the session's model (rebuilt from the run's settings when they differ), so
         `evaluate()`, `generate()` and `export()` use them. `directory` is a run folder, or a recipe's output
-        folder that holds one run.
+        folder that holds one run; a relative path is inside the workdir, as for `export_recipe()`.
         """
         from nbtune.eval.compare import load_run
         from nbtune.recipe import find_run_dir
 
-        run = load_run(find_run_dir(directory))
+        folder = Path(directory).expanduser()
+        run = load_run(find_run_dir(folder if folder.is_absolute() else self.workdir / folder))
         if self._run is not None and self._run.status in ("running", "paused"):
             raise StageOrderError(f"{self._run.id} is {self._run.status}: stop it (run.stop()) or wait for it first")
         loaded = self._load_run_checkpoint(run, checkpoint) if checkpoint is not None else None
