@@ -305,6 +305,12 @@ def _base_dtype(method: str, device: DeviceInfo) -> Any:
     return torch.float32
 
 
+def _current_cuda() -> int:
+    import torch
+
+    return torch.cuda.current_device()
+
+
 def _load_model(source: str, *, config: PretrainedModelConfig, device: DeviceInfo, use_safetensors: bool | None,
                 local_only: bool) -> Any:
     from transformers import AutoModelForCausalLM
@@ -317,7 +323,8 @@ def _load_model(source: str, *, config: PretrainedModelConfig, device: DeviceInf
     }
     if config.method in QUANTIZED_METHODS:
         kwargs["quantization_config"] = _quantization_config(config.method, device)
-        kwargs["device_map"] = {"": 0 if device.type == "cuda" else device.type}
+        # the current GPU: 0 in one process, this process's own GPU under torchrun / accelerate launch
+        kwargs["device_map"] = {"": _current_cuda() if device.type == "cuda" else device.type}
     try:
         with _quiet_logger("bitsandbytes.backends.cpu.ops"):
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
