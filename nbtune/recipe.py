@@ -27,6 +27,7 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -192,7 +193,7 @@ def _check_target(target: Path) -> None:
 
 def export_recipe(session: Any, target: Path, *, data: str = "auto", strategy: str = "ddp",
                   train_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write the recipe folder atomically; returns recipe.json's content."""
+    """Write (or rewrite) the recipe folder; returns recipe.json's content."""
     from nbtune.train.distributed import STRATEGIES
 
     _check_exportable(session)
@@ -203,15 +204,17 @@ def export_recipe(session: Any, target: Path, *, data: str = "auto", strategy: s
     recipe, copy = recipe_dict(session, data=data, strategy=strategy,
                                train=_train_settings(session, train_overrides or {}))
 
-    def build(tmp: Path) -> None:
-        atomic_write_json(tmp / RECIPE_FILE, recipe)
-        atomic_write_text(tmp / "train.py", ENTRY_SCRIPT)
-        if recipe["tokenizer"]["folder"]:
-            session.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
-        if copy:
-            _write_rows(session.raw_dataset, tmp / ROWS_FILE)
-
-    atomic_replace_dir(build, target)
+    # file by file, recipe.json last: runs already trained in <recipe>/output stay where they are
+    if recipe["tokenizer"]["folder"]:
+        atomic_replace_dir(lambda tmp: session.tokenizer.save_pretrained(str(tmp)), target / TOKENIZER_DIR)
+    else:
+        shutil.rmtree(target / TOKENIZER_DIR, ignore_errors=True)
+    if copy:
+        _write_rows(session.raw_dataset, target / ROWS_FILE)
+    else:
+        (target / ROWS_FILE).unlink(missing_ok=True)
+    atomic_write_text(target / "train.py", ENTRY_SCRIPT)
+    atomic_write_json(target / RECIPE_FILE, recipe)
     return recipe
 
 

@@ -94,6 +94,15 @@ def test_export_writes_a_self_contained_recipe(notebook, tmp_path):
     assert "from nbtune.recipe import main" in (recipe / "train.py").read_text()
 
 
+def test_exporting_again_keeps_the_runs_already_trained(notebook, tmp_path):
+    s, _, _ = notebook
+    s.export_recipe(tmp_path / "again", steps=3)
+    (tmp_path / "again" / "output" / "runs" / "x").mkdir(parents=True)
+    s.export_recipe(tmp_path / "again", steps=5, data="copy")
+    assert json.loads((tmp_path / "again" / "recipe.json").read_text())["train"]["steps"] == 5
+    assert (tmp_path / "again" / "output" / "runs" / "x").is_dir()
+
+
 def test_export_refuses_what_it_cannot_do(notebook, tmp_path):
     s, _, _ = notebook
     with pytest.raises(nbtune.DataError, match="cannot be read again"):

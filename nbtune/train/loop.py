@@ -10,6 +10,11 @@
 3. clip, step the optimizer, emit a `step` event;
 4. evaluate, sample and checkpoint at their intervals.
 
+As one process of a torchrun / accelerate job (`distribute()`), each process
+takes an equal share of step 2's sequences and the gradients are summed across
+processes, so a step trains on the same batch as in one process
+(`nbtune.train.distributed`).
+
 An out-of-memory error in a step is recovered: memory is released and, with
 `auto_batch`, the micro-batch halves and gradient accumulation doubles, so the
 effective batch and the step count stay the same. Any other error ends the
@@ -529,7 +534,8 @@ class Engine:
             memory.release_after_oom(exc, self.optimizer)
         saved = None
         try:
-            if self.optimizer is not None:
+            # an FSDP checkpoint needs every process, and the others are not here to help: none is written
+            if self.optimizer is not None and not self._fsdp:
                 self.optimizer.zero_grad(set_to_none=True)
                 saved = self.save_checkpoint("error")
         except Exception as save_exc:  # report both; the original error matters most
