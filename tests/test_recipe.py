@@ -295,3 +295,39 @@ def test_lora_recipe_under_accelerate_fsdp_matches_the_notebook(notebook, counti
     assert json.loads((run_dir / "run.json").read_text())["distributed"]["strategy"] == "fsdp"
     saved = {p.name for p in (run_dir / "checkpoints" / "step-000004" / "model").iterdir()}
     assert "adapter_model.safetensors" in saved and "model.safetensors" not in saved  # the adapter alone, as ever
+
+
+AGREE_SCRIPT = """
+import os, sys
+from nbtune.train import distributed
+info = distributed.from_env()
+distributed.init(info)
+try:
+    distributed.agree("same" if info.rank == 0 or sys.argv[1] == "same" else "other", "the tokenized data", fix="x")
+    print("agreed", flush=True)
+except Exception as exc:
+    print(f"{type(exc).__name__}: {str(exc).splitlines()[0]}", flush=True)
+distributed.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_processes_that_built_different_data_stop(tmp_path):
+    script = tmp_path / "agree.py"
+    script.write_text(AGREE_SCRIPT)
+    out = subprocess.run([*TORCHRUN, str(script), "different"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})  # (every launch above is the agreeing case)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("DataError: the processes disagree on the tokenized data") == 2
+
+
+def test_data_that_changed_since_the_export_are_reported(notebook, capsys):
+    from nbtune.recipe import _check_data, read_recipe
+
+    s, _, recipe_dir = notebook
+    recipe = read_recipe(recipe_dir)
+    assert _check_data(s, recipe, None) == recipe["expected"]["tokens_fingerprint"]
+    assert capsys.readouterr().err == ""
+    recipe["expected"]["tokens_fingerprint"] = "0" * 64
+    _check_data(s, recipe, None)
+    assert "differ from the notebook's at export time" in capsys.readouterr().err
