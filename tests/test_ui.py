@@ -219,6 +219,28 @@ def test_reopened_app_shows_the_session_state(tmp_path):
     assert f"{run.id}: finished" in reopened.panel("Train").state.value
 
 
+def test_resume_button_continues_a_stopped_run_after_session_open(tmp_path):
+    s, app = tokenized_app(tmp_path, background=True)
+    train = app.panel("Train")
+    set_form(train.form, {**TRAIN, "steps": "60", "eval_every": "1000"})
+    train.start.click()
+    app.wait()
+    wait_for(lambda: len(s.run.metrics) >= 3)
+    train.stop.click()
+    s.run.wait(60)
+    stopped_at = s.run.metrics[-1]["step"]
+    reopened = nbtune.Session.open(s.workdir)  # a new kernel: no model, no run handle in memory
+    app2 = reopened.ui()
+    train2 = app2.panel("Train")
+    assert not train2.resume.disabled and "stopped" in train2.state.value
+    train2.resume.click()
+    app2.wait()
+    reopened.run.wait(120)  # the run keeps its settings: it was started in the background
+    assert reopened.run.status == "finished"
+    assert reopened.run.metrics[0]["step"] == stopped_at + 1 and reopened.run.metrics[-1]["step"] == 60
+    assert [r["step"] for r in train2.chart.steps][-1] == 60
+
+
 def test_a_run_started_from_code_shows_up_when_the_train_tab_opens(tmp_path):
     s, app = tokenized_app(tmp_path)
     s.train(steps=2, batch_size=4, eval_every=10, background=False, progress=False, live=False)
