@@ -254,6 +254,9 @@ def test_fsdp_resumes_a_ddp_checkpoint_and_its_own_checkpoint_loads_in_the_noteb
     for name, value in saved.items():  # the notebook's own 8 steps, up to float rounding
         np.testing.assert_allclose(value.numpy(), notebook_weights[name].detach().numpy(), atol=1e-4)
     assert fresh.evaluate(max_rows=8).result.loss > 0
+    fresh.export(tmp_path / "exported", smoke_prompt=None)
+    exported = load_file(str(tmp_path / "exported" / "model.safetensors"))
+    assert all(np.array_equal(exported[k].numpy(), v.numpy()) for k, v in saved.items())
 
 
 @pytest.mark.slow
