@@ -177,13 +177,19 @@ def test_train_in_the_foreground_then_evaluate_compare(tmp_path):
     assert compare.view.report is s.reports["compare"]
 
 
-def test_stop_pause_resume_in_the_background(tmp_path):
+def started_in_the_background(tmp_path, steps: int, after: int):
+    """A tiny model training in the background from the app, with at least `after` steps done."""
     s, app = tokenized_app(tmp_path, background=True)
     train = app.panel("Train")
-    set_form(train.form, {**TRAIN, "steps": "400", "eval_every": "1000"})
+    set_form(train.form, {**TRAIN, "steps": str(steps), "eval_every": "1000"})
     train.start.click()
     app.wait()
-    wait_for(lambda: len(s.run.metrics) >= 2)
+    wait_for(lambda: len(s.run.metrics) >= after)
+    return s, app, train
+
+
+def test_stop_pause_resume_in_the_background(tmp_path):
+    s, app, train = started_in_the_background(tmp_path, steps=400, after=2)
     train.pause.click()
     wait_for(lambda: s.run.status == "paused")
     assert not train.resume.disabled and train.pause.disabled
@@ -220,12 +226,7 @@ def test_reopened_app_shows_the_session_state(tmp_path):
 
 
 def test_resume_button_continues_a_stopped_run_after_session_open(tmp_path):
-    s, app = tokenized_app(tmp_path, background=True)
-    train = app.panel("Train")
-    set_form(train.form, {**TRAIN, "steps": "60", "eval_every": "1000"})
-    train.start.click()
-    app.wait()
-    wait_for(lambda: len(s.run.metrics) >= 3)
+    s, app, train = started_in_the_background(tmp_path, steps=60, after=3)
     train.stop.click()
     s.run.wait(60)
     stopped_at = s.run.metrics[-1]["step"]

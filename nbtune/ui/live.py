@@ -56,20 +56,45 @@ def report_bundles(report: Any) -> tuple[dict[str, Any], ...]:
     return (html_bundle(html, repr(report)), *(figure_bundle(fig) for fig in report.figures()))
 
 
-class WidgetLiveChart(LiveChart):
-    """The FigureWidget chart. `show()` displays it in the running cell; the app embeds `.widget` instead."""
+class _WidgetChart(LiveChart):
+    """A progress line over a chart widget, in one box the app embeds (`.widget`) or a cell shows (`show()`)."""
 
-    def __init__(self, min_interval: float = 0.5) -> None:
+    def __init__(self, min_interval: float, chart: Any) -> None:
         super().__init__(min_interval)
-        import plotly.graph_objects as go
-
-        self._figure = go.FigureWidget(self.figure())
         self._label = widgets.HTML(value="")
         self._label.add_class("nbtune-live-progress")
-        self.widget = widgets.VBox([self._label, self._figure])
+        self.widget = widgets.VBox([self._label, chart])
         self.widget.add_class("nbtune-live-chart")
 
+    def _draw_chart(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
     def draw(self) -> None:
+        self._draw_chart()
+        self._label.value = f'<span style="font-family:system-ui;font-size:13px">{esc(self.progress_text())}</span>'
+
+    def show(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+        self.draw()
+
+    def finish(self, event: Event) -> None:
+        self.draw()
+
+
+class WidgetLiveChart(_WidgetChart):
+    """The FigureWidget chart (JupyterLab, Notebook 7): traces updated in place."""
+
+    def __init__(self, min_interval: float = 0.5) -> None:
+        import plotly.graph_objects as go
+
+        from nbtune.viz.charts import live_training_figure
+
+        self._figure = go.FigureWidget(live_training_figure([], []))  # empty traces, filled in place
+        super().__init__(min_interval, self._figure)
+
+    def _draw_chart(self) -> None:
         fresh = self.figure()
         with self._figure.batch_update():
             for target, source in zip(self._figure.data, fresh.data, strict=False):
@@ -77,42 +102,21 @@ class WidgetLiveChart(LiveChart):
                 target.customdata = source.customdata
             for source in fresh.data[len(self._figure.data):]:
                 self._figure.add_trace(source)
-        self._label.value = f'<span style="font-family:system-ui;font-size:13px">{esc(self.progress_text())}</span>'
-
-    def show(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
-        self.draw()
 
     def finish(self, event: Event) -> None:
-        self.draw()
+        super().finish(event)
         self._label.value += " — show run.report() in a cell to keep the charts in the saved notebook"
 
 
-class OutputLiveChart(LiveChart):
+class OutputLiveChart(_WidgetChart):
     """The portable chart: an Output widget whose single output is replaced at each redraw."""
 
     def __init__(self, min_interval: float = 2.0) -> None:
-        super().__init__(min_interval)
-        self._label = widgets.HTML(value="")
-        self._label.add_class("nbtune-live-progress")
         self._output = widgets.Output()
-        self.widget = widgets.VBox([self._label, self._output])
-        self.widget.add_class("nbtune-live-chart")
+        super().__init__(min_interval, self._output)
 
-    def draw(self) -> None:
+    def _draw_chart(self) -> None:
         self._output.outputs = (figure_bundle(self.figure()),)
-        self._label.value = f'<span style="font-family:system-ui;font-size:13px">{esc(self.progress_text())}</span>'
-
-    def show(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
-        self.draw()
-
-    def finish(self, event: Event) -> None:
-        self.draw()
 
 
 def embedded_live_chart() -> LiveChart:
