@@ -88,6 +88,19 @@ def test_bad_values_are_shown_next_to_the_field_and_change_nothing(tmp_path):
     assert clean.form.rows["min_words"].message.value == "" and app.errors.last is None
 
 
+def test_a_preview_that_succeeds_does_not_hide_another_actions_error(tmp_path):
+    s, app = loaded_app(tmp_path)
+    tokens = app.panel("Tokens")
+    tokens.form["vocab_size"].value = "lots"
+    tokens.go.click()
+    assert app.errors.action == "tokenizing"
+    app.panel("Clean").form["min_words"].value = "2"  # a preview runs and succeeds
+    assert s.reports["clean_preview"] is not None and "tokenizing failed" in app.errors.widget.value
+    tokens.form["vocab_size"].value = "300"
+    tokens.go.click()
+    assert app.errors.last is None and s.tokens is not None
+
+
 def test_errors_say_what_to_do_with_the_traceback_one_click_away(tmp_path):
     app = nbtune.Session(tmp_path / "s").ui()
     app.panel("Tokens").go.click()

@@ -55,9 +55,10 @@ class ErrorPanel:
         self.widget = widgets.HTML("")
         self.widget.add_class("nbtune-error")
         self.last: BaseException | None = None
+        self.action: str | None = None  # the action that failed
 
     def show(self, action: str, error: BaseException) -> None:
-        self.last = error
+        self.last, self.action = error, action
         if isinstance(error, NbtuneError):
             what = getattr(error, "what", None) or str(error)
             where = error._where() if hasattr(error, "_where") else ""
@@ -76,7 +77,7 @@ class ErrorPanel:
             f'<pre style="white-space:pre-wrap;font-size:12px">{esc(trace)}</pre></details></div>')
 
     def clear(self) -> None:
-        self.last = None
+        self.last = self.action = None
         self.widget.value = ""
 
 
@@ -85,7 +86,8 @@ class Jobs:
 
     A click while another action runs is queued behind it and the status line
     says so. Actions queued with `replace=True` (previews, estimates) keep only
-    their latest request, so typing fast does not pile up stale previews.
+    their latest request, so typing fast does not pile up stale previews, and
+    their success does not hide the error of another action.
     """
 
     def __init__(self, errors: ErrorPanel, background: bool, on_done: Callable[[], None]) -> None:
@@ -95,7 +97,7 @@ class Jobs:
         self.status = widgets.HTML("")
         self.status.add_class("nbtune-status")
         self.busy: str | None = None
-        self._queue: list[tuple[str, Callable[[], Any], Callable[[Any], None] | None, Any]] = []
+        self._queue: list[tuple[str, Callable[[], Any], Callable[[Any], None] | None, Any, bool]] = []
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
 
@@ -103,12 +105,12 @@ class Jobs:
             form: Any = None, replace: bool = False) -> None:
         """Run `action` (after any running one); `then(result)` shows its outcome."""
         if not self.background:
-            self._work(label, action, then, form)
+            self._work(label, action, then, form, replace)
             return
         with self._lock:
             if replace:
                 self._queue = [job for job in self._queue if job[0] != label]
-            self._queue.append((label, action, then, form))
+            self._queue.append((label, action, then, form, replace))
             ahead = self.busy or (self._queue[0][0] if len(self._queue) > 1 else None)
             if ahead is not None:
                 self._say(f"⏳ {ahead}… ({label} is next)")
@@ -125,7 +127,8 @@ class Jobs:
                 job = self._queue.pop(0)
             self._work(*job)
 
-    def _work(self, label: str, action: Callable[[], Any], then: Callable[[Any], None] | None, form: Any) -> None:
+    def _work(self, label: str, action: Callable[[], Any], then: Callable[[Any], None] | None, form: Any,
+              background_refresh: bool = False) -> None:
         self.busy = label
         self._say(f"⏳ {label}…")
         started = time.perf_counter()
@@ -139,7 +142,8 @@ class Jobs:
             self.errors.show(label, exc)
             self._say(f"✗ {label} failed")
         else:
-            self.errors.clear()
+            if not background_refresh or self.errors.action == label:
+                self.errors.clear()
             self._say(f"✓ {label} ({time.perf_counter() - started:.1f} s)")
         finally:
             self.busy = None
