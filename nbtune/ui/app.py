@@ -56,9 +56,10 @@ class ErrorPanel:
         self.widget.add_class("nbtune-error")
         self.last: BaseException | None = None
         self.action: str | None = None  # the action that failed
+        self.form: Any = None  # the form it read its settings from
 
-    def show(self, action: str, error: BaseException) -> None:
-        self.last, self.action = error, action
+    def show(self, action: str, error: BaseException, form: Any = None) -> None:
+        self.last, self.action, self.form = error, action, form
         if isinstance(error, NbtuneError):
             what = getattr(error, "what", None) or str(error)
             where = error._where() if hasattr(error, "_where") else ""
@@ -77,7 +78,7 @@ class ErrorPanel:
             f'<pre style="white-space:pre-wrap;font-size:12px">{esc(trace)}</pre></details></div>')
 
     def clear(self) -> None:
-        self.last = self.action = None
+        self.last = self.action = self.form = None
         self.widget.value = ""
 
 
@@ -139,11 +140,11 @@ class Jobs:
         except Exception as exc:  # shown in the app, with its traceback; never swallowed
             if isinstance(exc, ConfigError) and form is not None:
                 form.show_error(exc)
-            self.errors.show(label, exc)
+            self.errors.show(label, exc, form)
             self._say(f"✗ {label} failed")
         else:
-            if not background_refresh or self.errors.action == label:
-                self.errors.clear()
+            if not background_refresh or self.errors.action == label or (form is not None and self.errors.form is form):
+                self.errors.clear()  # a preview that succeeds also clears what its own form got wrong
             self._say(f"✓ {label} ({time.perf_counter() - started:.1f} s)")
         finally:
             self.busy = None

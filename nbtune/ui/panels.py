@@ -30,9 +30,14 @@ UPLOAD_TYPES = ".txt,.md,.csv,.tsv,.jsonl,.json,.parquet"
 
 
 def button(label: str, css_class: str, tooltip: str, style: str = "") -> Any:
-    widget = widgets.Button(description=label, button_style=style, layout=widgets.Layout(width="auto"))
+    widget = widgets.Button(description=label, button_style=style,
+                            layout=widgets.Layout(width="auto", align_self="flex-start"))  # never stretched
     widget.add_class(css_class)
     return with_tooltip(widget, tooltip)
+
+
+def heading(text: str) -> Any:
+    return widgets.HTML(f'<div style="font-family:system-ui;font-weight:600;margin-top:8px">{esc(text)}</div>')
 
 
 def note(text: str) -> Any:
@@ -203,7 +208,7 @@ class ModelPanel(Panel):
 
     def __init__(self, app: Any) -> None:
         super().__init__(app)
-        self.path = widgets.ToggleButtons(options=[SCRATCH, PRETRAINED])
+        self.path = widgets.ToggleButtons(options=[SCRATCH, PRETRAINED], style={"button_width": "auto"})
         self.path.add_class("nbtune-model-path")
         self.estimate_later = Debouncer(self.do_estimate, app.debounce, app.background)
         self.scratch = ConfigForm(ScratchModelConfig, main=("preset", "layers", "hidden_size", "heads",
@@ -220,12 +225,14 @@ class ModelPanel(Panel):
             "loading the model", lambda: self.session.use_model(config=self.pretrained.config()),
             then=self.view.show, form=self.pretrained))
         self.scratch_box = widgets.VBox([note("Parameters, memory and FLOPs update as you change the sizes."),
-                                         self.scratch.widget, self.create, self.estimate.widget])
+                                         self.scratch.widget, self.create,
+                                         heading("Estimate for these settings (nothing allocated yet)"),
+                                         self.estimate.widget])
         self.pretrained_box = widgets.VBox([note("The card below says whether the model fits the attached device."),
                                             self.pretrained.widget, self.load])
         self.stack = widgets.VBox([self.scratch_box])
         self.path.observe(lambda _: self._show_path(), names="value")
-        self.widget = widgets.VBox([self.path, self.stack, self.view.widget])
+        self.widget = widgets.VBox([self.path, self.stack, heading("The session's model"), self.view.widget])
 
     def _show_path(self) -> None:
         self.stack.children = [self.scratch_box if self.path.value == SCRATCH else self.pretrained_box]
