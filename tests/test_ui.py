@@ -274,6 +274,14 @@ def test_clicks_during_an_action_queue_behind_it_and_previews_keep_only_the_late
     assert done == ["slow", "other", "third"]
 
 
+def test_the_app_says_when_it_runs_actions_in_the_foreground(tmp_path):
+    session = nbtune.Session(tmp_path / "s")
+    foreground, background = session.ui(background=False), session.ui(background=True)
+    notice = foreground.widget.children[1].value
+    assert "runs in the foreground" in notice and "interrupt button" in notice
+    assert background.widget.children[1].value == ""
+
+
 def test_core_never_imports_widgets():
     import subprocess
     import sys
