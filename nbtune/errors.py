@@ -12,7 +12,18 @@ from os import PathLike
 
 
 class NbtuneError(Exception):
-    """Base class of every error nbtune raises deliberately."""
+    """Base class of every error nbtune raises deliberately.
+
+    `what`, `where()` and `fix` are the three parts a user needs; errors that do
+    not know a location or a fix leave them empty and say it all in the message.
+    """
+
+    what: str | None = None
+    fix: str | None = None
+
+    def where(self) -> str:
+        """Where it happened (file, line, column or setting), or '' when unknown."""
+        return ""
 
 
 class _LocatedError(NbtuneError):
@@ -36,7 +47,7 @@ class _LocatedError(NbtuneError):
         self.fix = fix
         super().__init__(self._message())
 
-    def _where(self) -> str:
+    def where(self) -> str:
         parts = []
         if self.path:
             parts.append(self.path)
@@ -48,7 +59,7 @@ class _LocatedError(NbtuneError):
         return ", ".join(parts)
 
     def _message(self) -> str:
-        where = self._where()
+        where = self.where()
         text = f"{where}: {self.what}" if where else self.what
         if self.fix:
             text = f"{text}\n  What to do: {self.fix}"

@@ -39,8 +39,12 @@ class ReportView:
         self.clear()
 
     def show(self, report: Any) -> None:
-        self.report = report
-        self.widget.outputs = report_bundles(report)
+        """Show `report`, or the empty message for None; the report already on screen is not rendered again."""
+        if report is None:
+            self.clear()
+        elif report is not self.report:
+            self.report = report
+            self.widget.outputs = report_bundles(report)
 
     def clear(self) -> None:
         self.report = None
@@ -61,9 +65,7 @@ class ErrorPanel:
     def show(self, action: str, error: BaseException, form: Any = None) -> None:
         self.last, self.action, self.form = error, action, form
         if isinstance(error, NbtuneError):
-            what = getattr(error, "what", None) or str(error)
-            where = error._where() if hasattr(error, "_where") else ""
-            fix = getattr(error, "fix", None)
+            what, where, fix = error.what or str(error), error.where(), error.fix
         else:
             what, where = f"{type(error).__name__}: {error}", ""
             fix = "the traceback below says where it happened; if it looks like a bug in nbtune, report it with it"

@@ -120,7 +120,8 @@ class FieldRow:
                               fix=f"type {example}") from None
         return text
 
-    def show_error(self, message: str) -> None:
+    def show_error(self, error: ConfigError) -> None:
+        message = error.what + (f" — {error.fix}" if error.fix else "")
         self.message.value = f'<span style="color:#b42318">⚠ {esc(message)}</span>'
 
     def clear_error(self) -> None:
@@ -175,7 +176,7 @@ class ConfigForm:
                 values[name] = row.read()
                 row.clear_error()
             except ConfigError as exc:
-                row.show_error(exc.what + (f" — {exc.fix}" if exc.fix else ""))
+                row.show_error(exc)
                 first_error = first_error or exc
         if first_error is not None:
             raise first_error
@@ -196,7 +197,7 @@ class ConfigForm:
         row = self.rows.get(error.column) if isinstance(error.column, str) else None
         if row is None:
             return False
-        row.show_error(error.what + (f" — {error.fix}" if error.fix else ""))
+        row.show_error(error)
         return True
 
     def __getitem__(self, name: str) -> Any:

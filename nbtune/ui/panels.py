@@ -135,8 +135,7 @@ class DataPanel(Panel):
 
     def refresh(self) -> None:
         self.split.set(self.session.split_config)
-        report = self._report("load")
-        self.view.show(report) if report is not None else self.view.clear()
+        self.view.show(self._report("load"))
 
 
 # --------------------------------------------------------------------- clean
@@ -174,8 +173,7 @@ class CleanPanel(Panel):
 
     def refresh(self) -> None:
         self.form.set(self.session.clean_config or CleanConfig())
-        report = self._report("clean") if self.session.clean_applied else self._report("clean_preview")
-        self.view.show(report) if report is not None else self.view.clear()
+        self.view.show(self._report("clean") if self.session.clean_applied else self._report("clean_preview"))
 
 
 # -------------------------------------------------------------------- tokens
@@ -195,8 +193,7 @@ class TokensPanel(Panel):
 
     def refresh(self) -> None:
         self.form.set(self.session.tokenizer_config or TokenizerConfig())
-        report = self._report("tokens")
-        self.view.show(report) if report is not None else self.view.clear()
+        self.view.show(self._report("tokens"))
 
 
 # --------------------------------------------------------------------- model
@@ -254,8 +251,7 @@ class ModelPanel(Panel):
         elif settings.get("kind") == "pretrained":
             self.pretrained.set(PretrainedModelConfig.from_dict(settings["config"]))
             self.path.value = PRETRAINED
-        report = self._report("model")
-        self.view.show(report) if report is not None else self.view.clear()
+        self.view.show(self._report("model"))
 
 
 # --------------------------------------------------------------------- train
@@ -420,9 +416,8 @@ class EvaluatePanel(Panel):
         self.jobs.run("generating", lambda: self.session.generate(prompts), then=self.samples.show)
 
     def refresh(self) -> None:
-        for key, view in (("eval", self.view), ("generate", self.samples)):
-            report = self._report(key)
-            view.show(report) if report is not None else view.clear()
+        self.view.show(self._report("eval"))
+        self.samples.show(self._report("generate"))
 
 
 # ------------------------------------------------------------------- compare
@@ -445,8 +440,7 @@ class ComparePanel(Panel):
         chosen = tuple(i for i in self.runs.value if i in ids)
         self.runs.options = ids
         self.runs.value = chosen
-        report = self._report("compare")
-        self.view.show(report) if report is not None else self.view.clear()
+        self.view.show(self._report("compare"))
 
 
 # ----------------------------------------------------------------------- lab
@@ -467,8 +461,7 @@ class LabPanel(Panel):
                                          "defaults)."), self.form.widget, self.go, self.view.widget])
 
     def refresh(self) -> None:
-        report = self._report("lab")
-        self.view.show(report) if report is not None else self.view.clear()
+        self.view.show(self._report("lab"))
 
 
 PANELS = (DataPanel, CleanPanel, TokensPanel, ModelPanel, TrainPanel, EvaluatePanel, ComparePanel, LabPanel)
