@@ -10,9 +10,16 @@ never drift apart.
 from __future__ import annotations
 
 import dataclasses
-import re
+import difflib
+import functools
+import math
+import numbers
+import os
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
+
+import regex
 
 from nbtune.errors import ConfigError
 
@@ -25,26 +32,24 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
 
 
 class _Config:
-    """Shared behaviour: validation, dict round-trip, keyword overrides."""
+    """Shared behaviour: validation, dict round-trip, keyword overrides.
+
+    A config validates itself when it is constructed (`__post_init__`), so a
+    bad value fails where it is typed, not stages later; `replace`, `from_dict`
+    and the widget forms all construct, so none of them can skip the checks.
+    """
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
+        hints = _hints(type(self))
         for f in fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
-            meta = f.metadata
             if value is None:
                 continue
-            if "choices" in meta and value not in meta["choices"]:
-                raise ConfigError(
-                    f"{value!r} is not a valid choice",
-                    column=f.name,
-                    fix=f"use one of {', '.join(map(repr, meta['choices']))}",
-                )
-            if "min" in meta and isinstance(value, (int, float)) and value < meta["min"]:
-                raise ConfigError(f"{value!r} is below the minimum {meta['min']}", column=f.name,
-                                  fix=f"set {f.name} to at least {meta['min']}")
-            if "max" in meta and isinstance(value, (int, float)) and value > meta["max"]:
-                raise ConfigError(f"{value!r} is above the maximum {meta['max']}", column=f.name,
-                                  fix=f"set {f.name} to at most {meta['max']}")
+            _check_type(f.name, value, hints.get(f.name))
+            _check_bounds(f.name, value, f.metadata)
         self._check()
 
     def _check(self) -> None:
@@ -54,9 +59,24 @@ class _Config:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
     @classmethod
-    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-        return cls(**{k: v for k, v in data.items() if k in known})
+    def from_dict(cls: type[T], data: dict[str, Any], *, path: str | os.PathLike | None = None) -> T:
+        """The config stored as a dict (session.json, run.json, recipe.json); `path` names that file in errors.
+
+        An unknown key is an error, not silently dropped: a typo such as
+        ``"min_char"`` would otherwise leave the setting at its default.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"{cls.__name__} settings must be an object of name: value pairs, not "
+                              f"{type(data).__name__}", path=path, fix="check the file's structure")
+        known = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+        unknown = [k for k in data if k not in known]
+        if unknown:
+            key = unknown[0]
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"unknown setting {key!r} for {cls.__name__}", path=path, column=str(key),
+                              fix=f"{hint}fix or remove it; valid settings are: {', '.join(known)}")
+        return cls(**data)
 
     def replace(self: T, **changes: Any) -> T:
         """A copy with some fields changed; unknown names raise a ConfigError."""
@@ -70,6 +90,53 @@ class _Config:
         new = dataclasses.replace(self, **changes)  # type: ignore[type-var]
         new.validate()  # type: ignore[attr-defined]
         return new
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """Resolved field annotations of a config class (cached: resolving costs ~50 µs)."""
+    return typing.get_type_hints(cls)
+
+
+def _kinds(annotation: Any) -> set[type]:
+    """The plain types an annotation such as ``int | None`` allows."""
+    args = typing.get_args(annotation) or (annotation,)
+    return {typing.get_origin(a) or a for a in args if a is not type(None)}
+
+
+def _check_type(name: str, value: Any, annotation: Any) -> None:
+    """Numbers must be finite numbers and switches must be booleans (a JSON "5" or NaN is not a setting)."""
+    kinds = _kinds(annotation)
+    if bool in kinds and not isinstance(value, bool):
+        raise ConfigError(f"{value!r} is not true or false", column=name, fix=f"set {name} to True or False")
+    if kinds & {int, float} and not kinds & {str, bool}:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ConfigError(f"{value!r} is not a number", column=name, fix=f"set {name} to a number")
+        if not math.isfinite(value):
+            raise ConfigError(f"{value!r} is not a finite number", column=name,
+                              fix=f"set {name} to an ordinary number (NaN and infinity are not allowed)")
+        if float not in kinds and not isinstance(value, numbers.Integral) and not float(value).is_integer():
+            raise ConfigError(f"{value!r} is not a whole number", column=name, fix=f"set {name} to a whole number")
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ConfigError(f"{list(value)!r} holds {item!r}, not a finite number", column=name,
+                                  fix=f"use ordinary numbers in {name}")
+
+
+def _check_bounds(name: str, value: Any, meta: Any) -> None:
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(
+            f"{value!r} is not a valid choice",
+            column=name,
+            fix=f"use one of {', '.join(map(repr, meta['choices']))}",
+        )
+    if "min" in meta and isinstance(value, (int, float)) and value < meta["min"]:
+        raise ConfigError(f"{value!r} is below the minimum {meta['min']}", column=name,
+                          fix=f"set {name} to at least {meta['min']}")
+    if "max" in meta and isinstance(value, (int, float)) and value > meta["max"]:
+        raise ConfigError(f"{value!r} is above the maximum {meta['max']}", column=name,
+                          fix=f"set {name} to at most {meta['max']}")
 
 
 @dataclass
@@ -90,6 +157,9 @@ class CleanConfig(_Config):
     filters look at all the messages of a row together.
     """
 
+    max_row_chars: int | None = _opt(None, "Drop rows longer than this many characters before any other step runs "
+                                     "(None: no cap). Every step takes time linear in the row, so this is for "
+                                     "keeping pasted logs or dumps of many megabytes out, not for speed.", min=1)
     unicode_form: str | None = _opt("NFC", "Unicode normalisation form (None to skip). NFKC also folds look-alike "
                                     "characters such as full-width letters.", choices=["NFC", "NFKC", "NFD", "NFKD"])
     strip_html: bool = _opt(True, "Remove HTML tags and decode entities such as &amp;amp;.")
@@ -101,6 +171,9 @@ class CleanConfig(_Config):
     max_words: int | None = _opt(None, "Drop rows with more words than this (None: no upper bound).", min=1)
     keep_regex: str | None = _opt(None, "Keep only rows that match this regular expression.")
     drop_regex: str | None = _opt(None, "Drop rows that match this regular expression.")
+    regex_timeout: float = _opt(1.0, "Seconds keep_regex or drop_regex may take on one row; a pattern that takes "
+                                "longer (e.g. nested quantifiers such as (a+)+) stops cleaning with an error that "
+                                "names the pattern and the row.", min=0.001, max=3600.0)
     repetition_filter: bool = _opt(True, "Drop repetitive rows (Gopher-style: too many duplicated lines or "
                                    "duplicated word n-grams). Only rows with at least `repetition_min_words` words "
                                    "are judged.")
@@ -127,8 +200,8 @@ class CleanConfig(_Config):
             if pattern is None:
                 continue
             try:
-                re.compile(pattern)
-            except re.error as exc:
+                regex.compile(pattern)  # the `regex` module runs the filters: it has a time limit
+            except regex.error as exc:
                 raise ConfigError(f"invalid regular expression {pattern!r}: {exc.msg}", column=name,
                                   fix=f"fix the pattern near position {exc.pos}") from None
 
@@ -236,8 +309,19 @@ class TrainConfig(_Config):
                                         "on stop and on pause).", min=1)
     keep_checkpoints: int = _opt(2, "How many checkpoints to keep (oldest are deleted).", min=1)
     seed: int = _opt(0, "Seed for data order, dropout and initialisation of adapters.")
-    gradient_checkpointing: bool = _opt(False, "Recompute activations in the backward pass: less memory, ~30% slower.")
-    compile: bool = _opt(False, "torch.compile the model (faster on GPUs after a warm-up; slow to start on CPUs).")
+    gradient_checkpointing: bool | None = _opt(None, "Recompute activations in the backward pass: less memory, ~30% "
+                                               "slower. None: on when the model card's memory estimate says a step "
+                                               "would not fit without it, and for QLoRA on a GPU when activations "
+                                               "would be most of the memory.")
+    compile: bool | None = _opt(None, "torch.compile the model (faster on GPUs after a warm-up; slow to start on "
+                                "CPUs). None: on with CUDA, off elsewhere. If compiling fails, training goes on "
+                                "uncompiled and says so.")
+    attention: str = _opt("auto", "Attention kernel for packed documents. auto: flash_varlen when flash_attn is "
+                          "installed (CUDA), else flex (CUDA), else sdpa.",
+                          choices=["auto", "flash_varlen", "flex", "sdpa"])
+    optimizer: str = _opt("auto", "AdamW, or bitsandbytes' paged 8-bit AdamW (a quarter of the optimizer memory). "
+                          "auto: paged 8-bit for QLoRA on a GPU, and when the card's estimate does not fit otherwise.",
+                          choices=["auto", "adamw", "paged_adamw_8bit"])
     auto_batch: bool = _opt(True, "On out-of-memory, halve the micro-batch and double gradient accumulation, so the "
                             "effective batch and the step count stay the same, and go on.")
     sample_prompt: str | None = _opt(None, "Text to continue at every evaluation, shown as a sample (for chat data: "

@@ -57,7 +57,7 @@ def only(**changes) -> CleanConfig:
 def test_active_steps_default_and_all():
     assert clean.active_steps(CleanConfig()) == [
         "normalize_unicode", "strip_html", "collapse_whitespace", "length_filter", "repetition_filter", "exact_dedup"]
-    everything = CleanConfig(mask_pii=True, max_words=100, drop_regex="x", near_dedup=True)
+    everything = CleanConfig(max_row_chars=10**6, mask_pii=True, max_words=100, drop_regex="x", near_dedup=True)
     assert clean.active_steps(everything) == list(clean.STEP_KINDS)
     assert clean.active_steps(only()) == []
     assert clean.active_steps(only(min_chars=0)) == []  # a bound that removes nothing is not a step
@@ -261,8 +261,13 @@ def test_chat_rows_transform_every_message_and_filter_the_whole_conversation():
     assert res.lengths_before[3] == len("   \n\t")
     html_step = next(s for s in res.steps if s.name == "strip_html")
     assert html_step.changed == 1
-    assert html_step.changed_examples == [(0, "Be  <b>brief</b>.\nHi,  mail me at a@b.com\nSure &amp; thanks",
-                                           "Be  brief.\nHi,  mail me at a@b.com\nSure & thanks")]
+    # mask_pii is on: the example of an earlier step does not show the address either
+    assert html_step.changed_examples == [(0, "Be  <b>brief</b>.\nHi,  mail me at [EMAIL]\nSure &amp; thanks",
+                                           "Be  brief.\nHi,  mail me at [EMAIL]\nSure & thanks")]
+    mask_step = next(s for s in res.steps if s.name == "mask_pii")
+    at = len("Be brief.\nHi, mail me at ")
+    assert mask_step.changed_examples == [(0, f"Be brief.\nHi, mail me at [EMAIL at char {at}–{at + 7}]\nSure & thanks",
+                                           "Be brief.\nHi, mail me at <EMAIL>\nSure & thanks")]
 
 
 # ----------------------------------------------------------------------------- stats, errors, API

@@ -33,29 +33,37 @@ then decides the dedup passes globally with numpy.
 
 from __future__ import annotations
 
+import bisect
+import contextvars
 import hashlib
+import threading
 import html
 import ipaddress
 import re
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import regex
 
 from nbtune.config import CleanConfig
-from nbtune.errors import DataError
+from nbtune.errors import ConfigError, DataError, NbtuneError
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
 
 __all__ = [
+    "CleanCancelled",
     "CleanResult",
+    "cancellable",
+    "redact",
     "StepStats",
     "STEP_KINDS",
     "active_steps",
@@ -86,6 +94,39 @@ except ImportError:  # pragma: no cover
 
     def _hash64(data: bytes) -> int:
         return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+# --------------------------------------------------------------------------- cancelling
+
+
+class CleanCancelled(NbtuneError):
+    """A preview (or clean) was cancelled through `cancellable`'s event; nothing was changed."""
+
+
+_CANCEL: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("nbtune_clean_cancel",
+                                                                                default=None)
+
+
+@contextmanager
+def cancellable(event: threading.Event) -> Iterator[None]:
+    """Cleaning in this block (this thread or task) stops with `CleanCancelled` soon after `event` is set.
+
+    The row loop checks the event before every row, so a newer preview or a
+    Cancel button in the app stops an older preview within one row's work
+    (every step is linear in the row). A context variable rather than a
+    parameter, so `Session.preview_clean` needs no knowledge of it.
+    """
+    token = _CANCEL.set(event)
+    try:
+        yield
+    finally:
+        _CANCEL.reset(token)
+
+
+def _check_cancelled() -> None:
+    event = _CANCEL.get()
+    if event is not None and event.is_set():
+        raise CleanCancelled("cleaning was cancelled (a newer preview or the Cancel button)")
 
 
 # --------------------------------------------------------------------------- results
@@ -127,6 +168,7 @@ class CleanResult:
 
 #: Every step in pipeline order, with its kind. `active_steps` picks from these.
 STEP_KINDS: dict[str, str] = {
+    "row_cap": "filter",
     "normalize_unicode": "transform",
     "strip_html": "transform",
     "collapse_whitespace": "transform",
@@ -143,12 +185,14 @@ _TRANSFORMS = [name for name, kind in STEP_KINDS.items() if kind == "transform"]
 def active_steps(config: CleanConfig) -> list[str]:
     """Names of the steps `config` runs, in pipeline order (see `STEP_KINDS`).
 
-    ``length_filter`` covers min/max chars and words, ``regex_filter`` covers
+    ``row_cap`` is max_row_chars (judged on the row as loaded, before the
+    transforms, which then skip the row), ``length_filter`` covers min/max chars and words, ``regex_filter`` covers
     keep_regex and drop_regex. A bound that cannot remove anything (None, or a
     minimum of 0) does not make its step active.
     """
     c = config
     on = {
+        "row_cap": c.max_row_chars is not None,
         "normalize_unicode": c.unicode_form is not None,
         "strip_html": c.strip_html,
         "collapse_whitespace": c.collapse_whitespace,
@@ -167,16 +211,79 @@ def active_steps(config: CleanConfig) -> list[str]:
 _MAX_PASSES = 100  # safety cap for the fixed-point loops; each pass that changes text makes it shorter
 
 
+# Unicode's Stream-Safe Text Format (UAX #15): after 30 combining marks in a row, a COMBINING GRAPHEME
+# JOINER (U+034F, itself never reordered). Normalisation sorts each run of combining marks with an
+# insertion sort, so without this cap a "zalgo" row of 40,000 marks takes seconds and 400,000 minutes.
+_LONG_MARK_RUN = regex.compile(r"[^\P{M}\u034F]{30}(?=[^\P{M}\u034F])")
+
+
 def normalize_unicode(text: str, form: str = "NFC") -> str:
-    """Unicode normalisation (`unicodedata.normalize`); ASCII text is returned as is."""
+    """Unicode normalisation (`unicodedata.normalize`); ASCII text is returned as is.
+
+    Runs of more than 30 combining marks get a U+034F after every 30 (the
+    Stream-Safe Text Format), which keeps normalisation linear in the row.
+    """
     if text.isascii():
         return text
+    text = _LONG_MARK_RUN.sub("\\g<0>\u034f", text)
     return unicodedata.normalize(form, text)
 
 
 # Markdown code is left alone by `strip_html` and `collapse_whitespace`: an
 # answer that shows `<div>` or indented Python must keep it.
-_FENCE = re.compile(r"(^[ \t]*```[^\n]*\n(?:.*?\n)?[ \t]*```[ \t]*$)", re.M | re.S)
+#
+# Every scan below is linear in the row on purpose. A lazy pattern such as
+# ``<!--.*?-->`` re-scans the rest of the row from every opening that is never
+# closed, so a pasted log of 50,000 "<!--" took minutes; here an opening with no
+# closing after it ends the scan (no later opening can be closed either).
+
+
+def _split_fences(text: str) -> list[str]:
+    """[outside, fence, outside, fence, ..., outside]: ``` fenced blocks cut out, in one pass over the lines.
+
+    A fence opens on a line whose first non-blank characters are ```, and
+    closes at the first line that is only ``` (spaces or tabs around it) at
+    least two lines below, else at the line right below; an opening line with
+    no closing line is ordinary text. (This is what the regex
+    ``^[ \t]*```[^\n]*\n(?:.*?\n)?[ \t]*```[ \t]*$`` matched, without its
+    re-scan of the rest of the row from every unclosed opening.) The fence
+    keeps its lines but not the line break after the closing ```.
+    """
+    lines = text.split("\n")
+    n = len(lines)
+    starts, pos = [], 0
+    for line in lines:
+        starts.append(pos)
+        pos += len(line) + 1
+    close_from = [-1] * (n + 2)  # close_from[k]: first closing line at index >= k (-1: none)
+    for k in range(n - 1, -1, -1):
+        close_from[k] = k if lines[k].strip(" \t") == "```" else close_from[k + 1]
+    parts, out_start, i = [], 0, 0
+    while i < n - 1 and close_from[i + 1] >= 0:  # with no closing line below, no line can open a fence
+        j = close_from[i + 2] if close_from[i + 2] >= 0 else close_from[i + 1]
+        if lines[i].lstrip(" \t").startswith("```"):
+            parts += [text[out_start : starts[i]], text[starts[i] : starts[j] + len(lines[j])]]
+            out_start, i = starts[j] + len(lines[j]), j + 1
+        else:
+            i += 1
+    parts.append(text[out_start:])
+    return parts
+
+
+def _cut_between(text: str, opener: str, closer: str) -> str:
+    """Remove every ``opener ... closer`` span (shortest, left to right); an unclosed opener stays."""
+    out, pos = [], 0
+    while True:
+        start = text.find(opener, pos)
+        if start < 0:
+            break
+        end = text.find(closer, start + len(opener))
+        if end < 0:
+            break  # no closer anywhere after: no later opener can be closed either
+        out.append(text[pos:start])
+        pos = end + len(closer)
+    out.append(text[pos:])
+    return "".join(out) if len(out) > 1 else text
 _INLINE_CODE = re.compile(r"(`[^`\n]+`)")
 
 _BLOCK_TAGS = [
@@ -203,8 +310,8 @@ _TAG = re.compile(
     r"<(/?)(" + "|".join(sorted(_TAG_REPLACEMENT, key=len, reverse=True)) + r")(?=[\s/>])" + _ATTRS + ">",
     re.I,
 )
-_SCRIPT_STYLE = re.compile(r"<(script|style)\b" + _ATTRS + r">.*?</\1\s*>", re.I | re.S)
-_COMMENT = re.compile(r"<!--.*?-->", re.S)
+_SCRIPT_STYLE_OPEN = re.compile(r"<(script|style)\b" + _ATTRS + ">", re.I)
+_SCRIPT_STYLE_CLOSE = {"script": re.compile(r"</script\s*>", re.I), "style": re.compile(r"</style\s*>", re.I)}
 _DECLARATION = re.compile(r"<![A-Za-z][^<>]*>|<\?[^<>]*\?>|<!\[CDATA\[|\]\]>")
 # Entities must end in ";" (plain text such as "R&D" or "&notes" is not touched).
 _ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
@@ -224,11 +331,41 @@ def _strip_markup(text: str) -> str:
     return "".join(parts)
 
 
+def _remove_script_style(text: str) -> str:
+    """Remove ``<script ...>...</script>`` and ``<style ...>...</style>`` blocks with their content.
+
+    Each opening tag is matched with the first closing tag of its kind after
+    it. The closing tags are found once, in one pass, and looked up by
+    bisection, so an opening tag that is never closed costs nothing more than
+    finding it.
+    """
+    if "<" not in text:
+        return text
+    closers = {kind: ([], []) for kind in _SCRIPT_STYLE_CLOSE}
+    for kind, pattern in _SCRIPT_STYLE_CLOSE.items():
+        for m in pattern.finditer(text):
+            closers[kind][0].append(m.start())
+            closers[kind][1].append(m.end())
+    if not closers["script"][0] and not closers["style"][0]:
+        return text
+    out, pos, search_from = [], 0, 0
+    while (m := _SCRIPT_STYLE_OPEN.search(text, search_from)) is not None:
+        starts, ends = closers[m.group(1).lower()]
+        k = bisect.bisect_left(starts, m.end())
+        if k == len(starts):  # never closed: the regex would try the next position
+            search_from = m.start() + 1
+            continue
+        out.append(text[pos : m.start()])
+        pos = search_from = ends[k]
+    out.append(text[pos:])
+    return "".join(out) if len(out) > 1 else text
+
+
 def _strip_html_once(text: str) -> str:
-    parts = _FENCE.split(text) if "```" in text else [text]
+    parts = _split_fences(text) if "```" in text else [text]
     for i in range(0, len(parts), 2):  # even indices are outside ``` fences
-        part = _COMMENT.sub("", parts[i])
-        part = _SCRIPT_STYLE.sub("", part)
+        part = _cut_between(parts[i], "<!--", "-->") if "<!--" in parts[i] else parts[i]
+        part = _remove_script_style(part)
         parts[i] = _strip_markup(part)
     return "".join(parts)
 
@@ -280,7 +417,7 @@ def collapse_whitespace(text: str) -> str:
     if "\r" in text or "\x85" in text or "\u2028" in text or "\u2029" in text:
         text = _NEWLINES.sub("\n", text)
     if "```" in text:
-        parts = _FENCE.split(text)
+        parts = _split_fences(text)
         text = "".join(part if i % 2 else _collapse_plain(part) for i, part in enumerate(parts))
     else:
         text = _collapse_plain(text)
@@ -352,33 +489,78 @@ def _has_digit(text: str) -> bool:
     return _DIGIT.search(text) is not None
 
 
-def _mask_pii_once(text: str) -> str:
+def _recording(kind: str, decide: Callable[[re.Match[str]], str] | None,
+               found: list[tuple[str, str]]) -> Callable[[re.Match[str]], str]:
+    """A `re.sub` replacement that also records (kind, original value) of what it masks."""
+    def repl(match: re.Match[str]) -> str:
+        out = f"<{kind}>" if decide is None else decide(match)
+        if out != match.group(0):
+            found.append((kind, match.group(0)))
+        return out
+    return repl
+
+
+def _mask_pii_once(text: str, found: list[tuple[str, str]] | None = None) -> str:
+    rec = found is not None
     if "@" in text:
-        text = _EMAIL.sub("<EMAIL>", text)
+        text = _EMAIL.sub(_recording("EMAIL", None, found) if rec else "<EMAIL>", text)  # type: ignore[arg-type]
     if not _has_digit(text):
         return text
     if ":" in text:
-        text = _IPV6_CANDIDATE.sub(_ipv6_or_keep, text)
+        text = _IPV6_CANDIDATE.sub(_recording("IP", _ipv6_or_keep, found) if rec else _ipv6_or_keep, text)  # type: ignore[arg-type]
     if "." in text:
-        text = _IPV4.sub("<IP>", text)
-    return _PHONE_CANDIDATE.sub(_phone_or_keep, text)
+        text = _IPV4.sub(_recording("IP", None, found) if rec else "<IP>", text)  # type: ignore[arg-type]
+    return _PHONE_CANDIDATE.sub(_recording("PHONE", _phone_or_keep, found) if rec else _phone_or_keep, text)  # type: ignore[arg-type]
 
 
-def mask_pii(text: str) -> str:
+def mask_pii(text: str, found: list[tuple[str, str]] | None = None) -> str:
     """Replace e-mail addresses with <EMAIL>, IPv4/IPv6 addresses with <IP>, phone numbers with <PHONE>.
 
     Phone numbers need 7-15 digits and a phone-like shape (see
     `_looks_like_phone`): years, dates, decimals and short numbers are not
-    masked. Repeats until stable, so the result is idempotent.
+    masked. Repeats until stable, so the result is idempotent. `found`, if
+    given, collects (kind, original value) of everything masked, so reports
+    can hide those values wherever else they would show them (`redact`).
     """
     if "@" not in text and not _has_digit(text):
         return text
     for _ in range(_MAX_PASSES):
-        new = _mask_pii_once(text)
+        new = _mask_pii_once(text, found)
         if new == text:
             break
         text = new
     return text
+
+
+def redact(text: str, found: Sequence[tuple[str, str]], *, where: bool = False) -> str:
+    """`text` for a report when mask_pii is on: no value that was masked in this row, and nothing maskable.
+
+    Each recorded value becomes ``[EMAIL]`` (with `where`: ``[EMAIL at char
+    10–28]``, positions in `text`), then `mask_pii` runs over the rest. The
+    values are replaced by plain substring search (C speed, linear per value),
+    so text the masking saw in another context (inside HTML before strip_html,
+    say) is hidden as well.
+    """
+    kinds: dict[str, str] = {}
+    for kind, value in found:
+        kinds.setdefault(value, kind)
+    spans: list[tuple[int, int, str]] = []
+    taken = bytearray(len(text))
+    for value in sorted(kinds, key=len, reverse=True):
+        start = text.find(value)
+        while start >= 0:
+            end = start + len(value)
+            if not any(taken[start:end]):
+                taken[start:end] = b"\x01" * len(value)
+                spans.append((start, end, kinds[value]))
+            start = text.find(value, end)
+    out, pos = [], 0
+    for start, end, kind in sorted(spans):
+        out.append(text[pos:start])
+        out.append(f"[{kind} at char {start}–{end}]" if where else f"[{kind}]")
+        pos = end
+    out.append(text[pos:])
+    return mask_pii("".join(out))
 
 
 # --------------------------------------------------------------------------- per-row filters
@@ -418,15 +600,37 @@ def length_reason(doc: str, config: CleanConfig, n_words: int | None = None) -> 
     return None
 
 
-def regex_reason(doc: str, keep: re.Pattern[str] | None, drop: re.Pattern[str] | None) -> tuple[str, str] | None:
-    """(setting, reason) if `doc` fails keep_regex (no `re.search` match) or matches drop_regex."""
-    if keep is not None and keep.search(doc) is None:
+def regex_reason(doc: str, keep: Any, drop: Any, *, timeout: float | None = None,
+                 row_id: int | None = None) -> tuple[str, str] | None:
+    """(setting, reason) if `doc` fails keep_regex (no search match) or matches drop_regex.
+
+    The patterns are `regex` module patterns (or `re` ones when there is no
+    `timeout`). A search that takes longer than `timeout` seconds raises a
+    `ConfigError` naming the pattern and the row: a user's pattern such as
+    ``(a+)+$`` backtracks exponentially and would otherwise hang cleaning.
+    """
+    if keep is not None and _search(keep, doc, timeout, "keep_regex", row_id) is None:
         return "keep_regex", f"does not match keep_regex {keep.pattern!r}"
     if drop is not None:
-        m = drop.search(doc)
+        m = _search(drop, doc, timeout, "drop_regex", row_id)
         if m is not None:
             return "drop_regex", f"matches drop_regex {drop.pattern!r} (at {m.group(0)[:40]!r})"
     return None
+
+
+def _search(pattern: Any, doc: str, timeout: float | None, setting: str, row_id: int | None) -> Any:
+    if timeout is None:
+        return pattern.search(doc)
+    try:
+        return pattern.search(doc, timeout=timeout)
+    except TimeoutError:
+        row = f"row {row_id}" if row_id is not None else "a row"
+        raise ConfigError(
+            f"{setting} {pattern.pattern!r} took longer than {timeout:g} s on {row} ({len(doc):,} characters)",
+            column=setting,
+            fix="simplify the pattern: repetition of overlapping choices such as (a|aa)+ backtracks exponentially; "
+            "anchor it or use a plain substring; or raise regex_timeout",
+        ) from None
 
 
 def duplicate_line_fraction(doc: str) -> float:
@@ -691,11 +895,12 @@ def _near_duplicates_once(sig: np.ndarray, threshold: float) -> tuple[np.ndarray
 
 # Removal codes (int8 column): which setting removed a row. 0 keeps it.
 _CODE_SETTINGS = ["", "min_chars", "max_chars", "min_words", "max_words", "keep_regex", "drop_regex",
-                  "max_duplicate_line_fraction", "max_duplicate_ngram_fraction", "exact_dedup", "near_dedup"]
+                  "max_duplicate_line_fraction", "max_duplicate_ngram_fraction", "exact_dedup", "near_dedup",
+                  "max_row_chars"]
 _CODE = {name: i for i, name in enumerate(_CODE_SETTINGS) if name}
 _CODE_STEP = {1: "length_filter", 2: "length_filter", 3: "length_filter", 4: "length_filter",
               5: "regex_filter", 6: "regex_filter", 7: "repetition_filter", 8: "repetition_filter",
-              9: "exact_dedup", 10: "near_dedup"}
+              9: "exact_dedup", 10: "near_dedup", 11: "row_cap"}
 _COL = "__nbt_"  # prefix of the helper columns the map adds (removed again)
 _MAX_CHAIN_PASSES = 5
 
@@ -707,8 +912,8 @@ class _Plan:
     config: CleanConfig
     column: str  # "text" or "messages"
     transforms: tuple[tuple[int, Callable[[str], str]], ...]  # (bit, function)
-    keep: re.Pattern[str] | None
-    drop: re.Pattern[str] | None
+    keep: Any  # regex.Pattern: searched with a timeout
+    drop: Any
     steps: tuple[str, ...]
 
     @classmethod
@@ -721,8 +926,8 @@ class _Plan:
             "mask_pii": mask_pii,
         }
         transforms = tuple((1 << i, funcs[name]) for i, name in enumerate(_TRANSFORMS) if name in steps)
-        keep = re.compile(config.keep_regex) if config.keep_regex is not None else None
-        drop = re.compile(config.drop_regex) if config.drop_regex is not None else None
+        keep = regex.compile(config.keep_regex) if config.keep_regex is not None else None
+        drop = regex.compile(config.drop_regex) if config.drop_regex is not None else None
         return cls(config, column, transforms, keep, drop, steps)
 
     @property
@@ -768,7 +973,7 @@ def _transform_value(value: Any, plan: _Plan) -> tuple[Any, int]:
     return out, bits
 
 
-def _judge(doc: str, plan: _Plan) -> tuple[str, str] | None:
+def _judge(doc: str, plan: _Plan, row_id: int | None = None) -> tuple[str, str] | None:
     """The first per-row filter that rejects `doc`, as (setting, reason); None keeps the row."""
     c = plan.config
     words = None
@@ -779,7 +984,7 @@ def _judge(doc: str, plan: _Plan) -> tuple[str, str] | None:
         if hit:
             return hit
     if "regex_filter" in plan.steps:
-        hit = regex_reason(doc, plan.keep, plan.drop)
+        hit = regex_reason(doc, plan.keep, plan.drop, timeout=c.regex_timeout, row_id=row_id)
         if hit:
             return hit
     if "repetition_filter" in plan.steps:
@@ -790,6 +995,7 @@ def _judge(doc: str, plan: _Plan) -> tuple[str, str] | None:
 def _process_batch(batch: dict[str, list], plan: _Plan) -> dict[str, Any]:
     """Transforms, per-row filters and dedup hashes for one batch (the function `Dataset.map` runs)."""
     values = batch[plan.column]
+    row_ids = batch.get("row_id")
     n = len(values)
     new_values = []
     bits = np.zeros(n, dtype=np.int16)
@@ -799,8 +1005,19 @@ def _process_batch(batch: dict[str, list], plan: _Plan) -> dict[str, Any]:
     reasons = [""] * n
     docs = []
     row_filters = plan.row_filters
+    cap = plan.config.max_row_chars
+    cancel = _CANCEL.get()
     for i, value in enumerate(values):
+        if cancel is not None and cancel.is_set():
+            _check_cancelled()
         len0[i] = len(document_text(value))
+        if cap is not None and len0[i] > cap:  # too big to clean: judged as loaded, never transformed
+            new_values.append(value)
+            docs.append("")
+            code[i] = _CODE["max_row_chars"]
+            reasons[i] = f"too long to clean: {len0[i]:,} chars > max_row_chars={cap:,}"
+            len1[i] = len0[i]
+            continue
         new, b = _transform_value(value, plan)
         new_values.append(new)
         bits[i] = b
@@ -808,7 +1025,7 @@ def _process_batch(batch: dict[str, list], plan: _Plan) -> dict[str, Any]:
         docs.append(doc)
         len1[i] = len(doc)
         if row_filters:
-            hit = _judge(doc, plan)
+            hit = _judge(doc, plan, None if row_ids is None else row_ids[i])
             if hit is not None:
                 code[i] = _CODE[hit[0]]
                 reasons[i] = hit[1]
@@ -885,6 +1102,7 @@ def _dedup(out: _Outcome, plan: _Plan) -> None:
 
 
 _FIXES = {
+    "max_row_chars": "raise max_row_chars (now {v}) or set it to None",
     "min_chars": "lower min_chars (now {v}) or set it to None",
     "max_chars": "raise max_chars (now {v}) or set it to None",
     "min_words": "lower min_words (now {v}) or set it to None",
@@ -924,13 +1142,21 @@ def _raise_if_empty(out: _Outcome, plan: _Plan, sampled: bool) -> None:
         raise DataError(what, column=plan.column, fix="; ".join(fixes))
 
 
-def _trace(value: Any, plan: _Plan) -> dict[int, tuple[str, str]]:
-    """For one row: bit -> (document before, after) of the first change each transform made."""
+_MASK_BIT = 1 << _TRANSFORMS.index("mask_pii")
+
+
+def _trace(value: Any, plan: _Plan, found: list[tuple[str, str]] | None = None) -> dict[int, tuple[str, str]]:
+    """For one row: bit -> (document before, after) of the first change each transform made.
+
+    `found` collects what mask_pii masked in this row (see `redact`).
+    """
     first: dict[int, tuple[str, str]] = {}
     contents = [value] if isinstance(value, str) else [m.get("content") for m in value or []]
+    transforms = [(bit, partial(mask_pii, found=found) if bit == _MASK_BIT and found is not None else fn)
+                  for bit, fn in plan.transforms]
     for _ in range(_MAX_CHAIN_PASSES):
         changed_any = False
-        for bit, fn in plan.transforms:
+        for bit, fn in transforms:
             new = [fn(c) if isinstance(c, str) else c for c in contents]
             if new != contents:
                 changed_any = True
@@ -947,7 +1173,9 @@ def _step_stats(out: _Outcome, plan: _Plan, originals: Callable[[list[int]], lis
     """Counts from the per-row arrays; up to 5 examples per step (transforms re-traced on the original rows)."""
     stats = []
     bit_of = {name: 1 << i for i, name in enumerate(_TRANSFORMS)}
+    masking = "mask_pii" in plan.steps
     for name in plan.steps:
+        _check_cancelled()
         st = StepStats(name=name, kind=STEP_KINDS[name])
         if st.kind == "transform":
             bit = bit_of[name]
@@ -955,7 +1183,10 @@ def _step_stats(out: _Outcome, plan: _Plan, originals: Callable[[list[int]], lis
             st.changed = len(hit)
             idx = hit[:5].tolist()
             for i, value in zip(idx, originals(idx), strict=True):
-                before, after = _trace(value, plan).get(bit, ("", ""))
+                found: list[tuple[str, str]] | None = [] if masking else None
+                before, after = _trace(value, plan, found).get(bit, ("", ""))
+                if found is not None:  # masked means masked: no example shows a value mask_pii hid
+                    before, after = redact(before, found, where=name == "mask_pii"), redact(after, found)
                 st.changed_examples.append((int(out.row_ids[i]), before, after))
         else:
             codes = [c for c, step in _CODE_STEP.items() if step == name]
@@ -963,9 +1194,23 @@ def _step_stats(out: _Outcome, plan: _Plan, originals: Callable[[list[int]], lis
             st.removed = len(hit)
             idx = hit[:5].tolist()
             for i, value in zip(idx, cleaned(idx), strict=True):
-                st.removed_examples.append((int(out.row_ids[i]), document_text(value), out.reasons[i]))
+                st.removed_examples.append((int(out.row_ids[i]), _removed_text(value, name, masking),
+                                            out.reasons[i]))
         stats.append(st)
     return stats
+
+
+_CAPPED_SHOWN = 1000  # characters of a row removed by max_row_chars kept as its example (it was never cleaned)
+
+
+def _removed_text(value: Any, step: str, masking: bool) -> str:
+    """A removed row's text for its example; a capped row was never transformed, so it is cut (and masked)."""
+    text = document_text(value)
+    if step != "row_cap":
+        return text
+    if masking:  # not masked by the pipeline: say what it is instead of showing it
+        return f"({len(text):,} characters, not cleaned and not shown because mask_pii is on)"
+    return text[:_CAPPED_SHOWN] + f"… (+{len(text) - _CAPPED_SHOWN:,} chars)"
 
 
 # --------------------------------------------------------------------------- public entry points
@@ -1028,6 +1273,7 @@ def preview(dataset: datasets.Dataset, config: CleanConfig, *, sample_size: int 
     row_ids = np.asarray(rows["row_id"], dtype=np.int64) if "row_id" in rows else np.arange(len(sample))
     out = _Outcome(row_ids, res[f"{_COL}code"], res[f"{_COL}reason"], res[f"{_COL}bits"], res[f"{_COL}len0"],
                    res[f"{_COL}len1"], res.get(f"{_COL}hash"), res.get(f"{_COL}sig"))
+    _check_cancelled()
     _dedup(out, plan)
     _raise_if_empty(out, plan, sampled)
     keep = np.flatnonzero(out.code == 0)

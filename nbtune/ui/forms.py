@@ -184,13 +184,12 @@ class ConfigForm:
 
     def config(self) -> Any:
         """The validated config object; a bad field gets its message inline and the ConfigError is raised."""
-        config = self.config_class(**self.values())
+        values = self.values()
         try:
-            config.validate()
+            return self.config_class(**values)  # configs validate themselves when constructed
         except ConfigError as exc:
             self.show_error(exc)
             raise
-        return config
 
     def show_error(self, error: ConfigError) -> bool:
         """Put a ConfigError next to the field it names; False if it names no field of this form."""
