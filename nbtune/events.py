@@ -82,10 +82,29 @@ class EventBus:
                 continue
             try:
                 listener(event)
-            except Exception as exc:  # a broken chart must never kill a training run
-                if not any(existing is listener for existing, _ in self.listener_errors):
-                    log.warning("nbtune: listener %r failed on %s: %r (training goes on)", listener, event.kind, exc)
+            except Exception as exc:  # a broken chart or a full disk must never kill a training run
+                first = not any(existing is listener for existing, _ in self.listener_errors)
                 self.listener_errors.append((listener, exc))
+                if first:
+                    log.warning("nbtune: listener %r failed on %s: %r (training goes on)", listener, event.kind, exc)
+                    self._announce_failure(listener, event, exc)
+
+    def _announce_failure(self, listener: Listener, event: Event, exc: Exception) -> None:
+        """Tell the other listeners (run report, app, live chart) that one of them failed, once per listener."""
+        name = getattr(listener, "__qualname__", None) or type(listener).__name__
+        notice = Event("error", event.run_id, event.step, {
+            "recovered": True, "kind_of_error": "listener", "listener": name,
+            "message": f"{name} failed on a {event.kind} event: {type(exc).__name__}: {exc}. Training goes on, "
+                       "but what this listener does (e.g. writing metrics.jsonl, a chart) is missing from now on",
+            "advice": "free disk space or fix the listener; checkpoints still hold every finished step"})
+        with self._lock:
+            others = [(other, kinds) for other, kinds in self._listeners if other is not listener]
+        for other, kinds in others:
+            if kinds is None or "error" in kinds:
+                try:
+                    other(notice)
+                except Exception:  # noqa: S112 - its own failure is reported when it fails on a real event
+                    continue
 
 
 class StopToken:

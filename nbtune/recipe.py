@@ -254,7 +254,7 @@ def build_session(folder: Path, workdir: Path) -> Any:
     from nbtune.session import Session
 
     recipe = read_recipe(folder)
-    session = Session(workdir, autosave=False)
+    session = Session.in_memory(workdir)
     for i, entry in enumerate(recipe["data"]["sources"]):
         _load_source(session, entry, folder, append=i > 0)
     session.split(**recipe["split"])

@@ -5,14 +5,19 @@
     s.preview_clean(mask_pii=True) # -> CleanReport on a sample, nothing changes
     s.clean(mask_pii=True)         # -> CleanReport, applied to all rows
     s.tokenize(vocab_size=8000)    # -> TokenReport
-    s2 = Session.open("my-run")    # after a kernel restart: the same state
+    s2 = Session("my-run")         # after a kernel restart: the same state (opening is the default)
 
 Rules every stage method follows:
 
+* it runs under the Session's stage lock, so the app's worker thread and a
+  code cell never interleave two stages, and `state()` / `save()` never see a
+  half-changed Session; while a run trains or is paused, stages that would
+  change what it trains on are refused (`StageOrderError` names the run);
+
 * it computes into local variables and changes the Session only at the very
   end, so an error leaves the Session exactly as it was before the call;
-* it never modifies the user's files; results go to the workdir, written
-  atomically, and the state is saved after each stage (`autosave`);
+* it never modifies the user's files; results go to the workdir and the state
+  is saved after each stage as one transaction (`nbtune.store`);
 * it returns a report object (plain-text `repr`, HTML in notebooks).
 
 A new load resets what depended on the old data (cleaned rows, tokens) but
@@ -22,11 +27,13 @@ new data with `clean()` / `tokenize()` and no arguments.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
-import json
-import shutil
+import functools
+import re
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +42,8 @@ import numpy as np
 from nbtune.config import CleanConfig, SplitConfig, TokenizerConfig
 from nbtune.data import column
 from nbtune.errors import ConfigError, DataError, StageOrderError
-from nbtune.storage import atomic_replace_dir, atomic_write_json
+from nbtune.storage import atomic_write_json
+from nbtune.store import STATE_FILE, ProjectLockedError, StaleSessionError, Store, hold, let_go, live_sessions
 from nbtune.viz.data_reports import (
     CleanReport,
     LoadReport,
@@ -46,12 +54,17 @@ from nbtune.viz.data_reports import (
     TokenReport,
 )
 
-STATE_FILE = "session.json"
-STATE_VERSION = 1
+STATE_VERSION = 2
+ACTIVE = ("running", "paused")
+__all__ = ["Session", "ProjectLockedError", "StaleSessionError", "STATE_FILE"]
 
 
 def _now() -> str:
     return _dt.datetime.now().isoformat(timespec="seconds")
+
+
+def _resolve(workdir: str | Path) -> Path:
+    return Path(workdir).expanduser().resolve()
 
 
 def _config(cls: type, config: Any, overrides: dict[str, Any], stored: dict | None = None) -> Any:
@@ -79,12 +92,111 @@ def _doc_texts(dataset: Any) -> list[str]:
     return [document_text({name: value}) for value in column(dataset, name)]
 
 
-class Session:
-    """The state of one notebook project: data, cleaning, tokens (and later models and runs)."""
+class StageLock:
+    """A re-entrant lock around each stage, which knows what holds it and how many threads wait.
 
-    def __init__(self, workdir: str | Path = "nbtune_workdir", *, autosave: bool = True) -> None:
-        self.workdir = Path(workdir).expanduser().resolve()
+    The app's status line uses `holder` ("waiting for tokenize from a code
+    cell"), and tests wait on `waiting` instead of sleeping.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._changed = threading.Condition()
+        self.waiting = 0
+        self.holder: str | None = None
+
+    @contextlib.contextmanager
+    def held(self, stage: str) -> Iterator[None]:
+        if not self._lock.acquire(blocking=False):
+            with self._changed:
+                self.waiting += 1
+                self._changed.notify_all()
+            self._lock.acquire()
+            with self._changed:
+                self.waiting -= 1
+        outer, self.holder = self.holder, self.holder or stage
+        try:
+            yield
+        finally:
+            self.holder = outer
+            self._lock.release()
+
+    def wait_for_waiters(self, count: int, timeout: float) -> bool:
+        """Block until `count` threads wait for the lock (or `timeout` seconds pass); True if they do."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.waiting >= count, timeout)
+
+
+def _stage(*, changes: bool = True, while_training: str = "refuse") -> Callable:
+    """Run a Session method as one stage: under the stage lock, on an open Session.
+
+    `changes`: the stage changes the project (refused on read-only and closed
+    Sessions). `while_training`: "refuse" (while a run trains or is paused),
+    "running" (refused only while it trains; safe on a paused model) or "allow".
+    """
+
+    def wrap(method: Callable) -> Callable:
+        name = method.__name__
+
+        @functools.wraps(method)
+        def stage(self: Session, *args: Any, **kwargs: Any) -> Any:
+            with self._stage_lock.held(name):
+                self._check_usable(name, changes=changes)
+                if while_training != "allow":
+                    self._refuse_while_training(name, paused_ok=while_training == "running")
+                return method(self, *args, **kwargs)
+
+        return stage
+
+    return wrap
+
+
+class Session:
+    """The state of one notebook project: data, cleaning, tokens, the model and its runs.
+
+    `Session(folder)` opens the project saved in `folder` (what `Session.open`
+    does) or starts a new one there; it never starts empty over saved state.
+    `fresh=True` starts over, moving the saved state into `backups/<date>/`.
+    `read_only=True` looks at a project another process has open for writing.
+    """
+
+    def __new__(cls, workdir: str | Path = "nbtune_workdir", **options: Any) -> Session:
+        """A re-run `Session(folder)` cell, while a run of this kernel trains, gives back the Session that runs it."""
+        if not options.get("fresh") and not options.get("read_only"):
+            for live in live_sessions(_resolve(workdir)):
+                if live._active_run() is not None:
+                    live._opened_note = (f"already open in this kernel, with {live._run.id} {live._run.status}: "
+                                         "this is the same Session object")
+                    return live
+        return super().__new__(cls)
+
+    def __init__(self, workdir: str | Path = "nbtune_workdir", *, autosave: bool = True, fresh: bool = False,
+                 read_only: bool = False) -> None:
+        if getattr(self, "_initialised", False):  # the live Session handed back by __new__
+            return
+        self._blank(_resolve(workdir), autosave=autosave and not read_only, read_only=read_only)
+        if not read_only:
+            self._holding = hold(self.workdir, self)
+        try:
+            if fresh:
+                self._start_over()
+            elif self._store.exists():
+                self._restore(self._store.read_state())
+                self._opened_note = f"opened: saved {self._saved_at or 'earlier'}" + (
+                    f"; {self._recovered}" if self._recovered else "")
+            elif read_only:
+                raise DataError("no saved nbtune session here to open read-only", path=self.workdir,
+                                fix="check the folder name")
+        except BaseException:
+            self.close()
+            raise
+        self._initialised = True
+
+    def _blank(self, workdir: Path, *, autosave: bool, read_only: bool) -> None:
+        """Every attribute of an empty Session (nothing loaded, no lock held yet)."""
+        self.workdir = workdir
         self.autosave = autosave
+        self.read_only = read_only
         self.created = _now()
         self.sources: list[dict[str, Any]] = []
         self.format: str | None = None
@@ -100,12 +212,78 @@ class Session:
         self.reports: dict[str, Any] = {}
         self._model: Any = None
         self._run: Any = None
-        self._save_lock = threading.RLock()
+        self._stage_lock = StageLock()
+        self._store = Store(workdir)
+        self._holding: Any = None
+        self._closed = False
+        self._opened_note = "new: nothing saved here yet"
+        self._saved_at: str | None = None
+        self._recovered = ""
         self._loaded: Any = None  # datasets.Dataset, canonical schema
         self._cleaned: Any = None
         self._tokenizer: Any = None
         self._tokens: Any = None  # datasets.DatasetDict(train, validation)
         self._problems: list[ProblemInfo] = []
+
+    @classmethod
+    def in_memory(cls, workdir: str | Path) -> Session:
+        """A Session that reads nothing from `workdir` and saves nothing there (no lock): a recipe's replay.
+
+        Its runs still go to `workdir/runs/`; every process of a torchrun job builds one.
+        """
+        session = super().__new__(cls)
+        session._blank(_resolve(workdir), autosave=False, read_only=False)
+        session._opened_note = "in memory: nothing is read or saved"
+        session._initialised = True
+        return session
+
+    def _start_over(self) -> None:
+        """`fresh=True`: move the saved state into backups/<date>/ (deleting nothing) and start empty."""
+        for other in live_sessions(self.workdir):
+            if other is not self and other._active_run() is not None:
+                raise StageOrderError(f"{other._run.id} is {other._run.status} in this kernel on {self.workdir}: "
+                                      "stop it (run.stop()) before starting the project over")
+        moved = self._store.move_to_backup()
+        self._opened_note = (f"started over: the previous state was moved to {moved.relative_to(self.workdir)}"
+                             if moved else "new: nothing saved here yet")
+
+    def close(self) -> None:
+        """Let go of the project folder (another process may then open it for writing). Idempotent."""
+        if self._active_run() is not None:
+            raise StageOrderError(f"{self._run.id} is {self._run.status}: stop it (run.stop()) or wait for it "
+                                  "(run.wait()) before closing the Session")
+        self._closed = True
+        if self._holding is not None:
+            self._holding = None
+            let_go(self.workdir, self)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _check_usable(self, stage: str, *, changes: bool) -> None:
+        if self._closed:
+            raise StageOrderError(f"{stage}(): this Session was closed; open the folder again: "
+                                  f"s = nbtune.Session({str(self.workdir)!r})")
+        if changes and self.read_only:
+            raise StageOrderError(f"{stage}() would change the project, and this Session is read-only "
+                                  f"({self.workdir} is open for writing elsewhere); open it for writing once that "
+                                  "Session is closed")
+
+    def _active_run(self) -> Any:
+        """The run of this Session that is training or paused right now, or None."""
+        run = getattr(self, "_run", None)
+        return run if run is not None and run.status in ACTIVE else None
+
+    def _refuse_while_training(self, stage: str, *, paused_ok: bool = False) -> None:
+        run = self._active_run()
+        if run is None or (paused_ok and run.status == "paused"):
+            return
+        safe = " (export works on a paused run: run.pause(), then export)" if stage == "export" else ""
+        raise StageOrderError(f"{stage}() is not possible while {run.id} is {run.status}: it would change what the "
+                              f"run trains on. Wait for it (run.wait()), or stop it (run.stop()) first{safe}")
 
     # ------------------------------------------------------------------ state
     @property
@@ -161,6 +339,7 @@ class Session:
         return self._split(self._require_data("validation_split"), len(self._loaded), self.split_config)[1]
 
     # ------------------------------------------------------------------- load
+    @_stage()
     def load(self, source: Any, *, text_column: str | None = None, format: str | None = None,
              mapping: dict[str, str] | None = None, split: str | None = None, file_type: str | None = None,
              append: bool = False, validation_fraction: float | None = None, seed: int | None = None) -> LoadReport:
@@ -177,6 +356,7 @@ class Session:
                              split=split, file_type=file_type)
         return self._accept_load(loaded, loaded.origin, append, validation_fraction, seed, started)
 
+    @_stage()
     def load_example(self, name: str = "kjv", **kwargs: Any) -> LoadReport:
         """Load embedded example data that works offline: 'kjv' (plain text) or 'dialogs' (chat)."""
         from nbtune.data.examples import example_source
@@ -236,6 +416,7 @@ class Session:
             validation_rows=len(val), sample=sample, char_lengths=[len(t) for t in texts],
             word_lengths=[len(t.split()) for t in texts], problems=problems, seconds=seconds)
 
+    @_stage()
     def split(self, validation_fraction: float | None = None, seed: int | None = None) -> SplitReport:
         """Change the train/validation split (seeded, stable under cleaning); tokens must be redone."""
         self._require_data("split")
@@ -252,6 +433,7 @@ class Session:
         return report
 
     # ------------------------------------------------------------------ clean
+    @_stage(changes=False, while_training="allow")
     def preview_clean(self, config: CleanConfig | None = None, *, sample_size: int = 2000,
                       **overrides: Any) -> CleanReport:
         """Show what cleaning would do, on a seeded sample; changes nothing."""
@@ -264,6 +446,7 @@ class Session:
         self.reports["clean_preview"] = report
         return report
 
+    @_stage()
     def clean(self, config: CleanConfig | None = None, **overrides: Any) -> CleanReport:
         """Apply the cleaning recipe to all loaded rows (the loaded data stays untouched).
 
@@ -282,6 +465,7 @@ class Session:
         self._autosave(data=("cleaned",))
         return report
 
+    @_stage()
     def undo_clean(self) -> MessageReport:
         """Go back to the loaded rows; the recipe is kept so `clean()` can replay it."""
         self._loaded_or_raise("undo_clean")
@@ -299,6 +483,7 @@ class Session:
         return self._loaded
 
     # ----------------------------------------------------------------- tokens
+    @_stage()
     def tokenize(self, config: TokenizerConfig | None = None, **overrides: Any) -> TokenReport:
         """Turn the current rows into token ids and loss masks, with a new or a pretrained tokenizer."""
         settings = _config(TokenizerConfig, config, overrides,
@@ -350,6 +535,7 @@ class Session:
         stored = self.model_settings["config"] if self.model_settings.get("kind") == "scratch" else None
         return _config(ScratchModelConfig, config, overrides, stored)
 
+    @_stage(changes=False, while_training="allow")
     def model_card(self, config: Any = None, *, batch_size: int = 8, **overrides: Any) -> Any:
         """The card of a from-scratch model (size, memory, FLOPs, fits?) without allocating anything."""
         from nbtune.device import pick_device
@@ -361,6 +547,7 @@ class Session:
                             batch_size=batch_size, seq_len=settings.context_length or context,
                             device=pick_device(settings.device, settings.precision))
 
+    @_stage()
     def new_model(self, config: Any = None, *, batch_size: int = 8, **overrides: Any) -> Any:
         """Initialise a Llama-style model from scratch with the session tokenizer's vocabulary."""
         from nbtune.device import pick_device
@@ -375,6 +562,7 @@ class Session:
         self._replace_model(loaded, {"kind": "scratch", "config": settings.to_dict(), "context_length": context})
         return loaded.card
 
+    @_stage()
     def use_model(self, model: str | None = None, method: str | None = None, config: Any = None, *,
                   batch_size: int = 8, **overrides: Any) -> Any:
         """Load a pretrained model for fine-tuning (full, lora, qlora, lora-8bit).
@@ -441,13 +629,16 @@ class Session:
         """The latest run handle of this kernel (None before the first `train()`)."""
         return self._run
 
+    @_stage()
     def train(self, config: Any = None, *, listeners: tuple = (), progress: bool | None = None,
               live: bool | None = None, **overrides: Any) -> Any:
         """Train the current model on the tokenized training split; returns a `Run` handle.
 
         In JupyterLab the run goes to a worker thread (`run.wait()` blocks until it
-        ends); in scripts, Colab and VS Code it runs in the foreground, where Ctrl-C /
-        the interrupt button stops it gracefully after writing a checkpoint.
+        ends, and raises the run's error if it failed); in scripts, Colab and VS Code
+        it runs in the foreground, where Ctrl-C / the interrupt button stops it
+        gracefully after writing a checkpoint, and an error is raised here after the
+        last finished step was saved. Every run gets a new folder under runs/.
         """
         from nbtune.config import TrainConfig
 
@@ -455,7 +646,7 @@ class Session:
         lm = self._require_model("train")
         if self._tokens is None:
             raise StageOrderError("train() needs tokens: call s.tokenize() first")
-        run_id = f"run-{len(self.runs) + 1:03d}-{lm.method}"
+        run_id = self._new_run_folder(lm.method)
         record = {"id": run_id, "dir": f"runs/{run_id}", "method": lm.method, "model": self.model_settings,
                   "config": settings.to_dict(), "status": "created", "created": _now(), "checkpoint": None}
         run = self._make_run(record, settings, listeners, progress, live)
@@ -463,6 +654,27 @@ class Session:
         self._write_run_file(record)
         self._autosave()
         return run.start()
+
+    def _new_run_folder(self, method: str) -> str:
+        """Create runs/run-NNN-<method>/ with a number no run of this project has used; return the id.
+
+        Numbers come from the session's records and from the folders on disk, and
+        the folder is created exclusively, so a new run never writes into an old one.
+        """
+        taken = [self._run_dir(r).name for r in self.runs] + [r["id"] for r in self.runs]
+        runs_dir = self.workdir / "runs"
+        if runs_dir.is_dir():
+            taken += [p.name for p in runs_dir.iterdir()]
+        numbers = [int(m.group(1)) for name in taken if (m := re.match(r"^run-(\d+)-", name))]
+        number = max(numbers, default=0) + 1
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            run_id = f"run-{number:03d}-{method}"
+            try:
+                (runs_dir / run_id).mkdir()
+                return run_id
+            except FileExistsError:
+                number += 1
 
     def _write_run_file(self, record: dict[str, Any]) -> None:
         """`runs/<id>/run.json`: everything needed to understand or compare the run without the session."""
@@ -479,20 +691,78 @@ class Session:
             "tokenizer": self.tokenizer_config.to_dict() if self.tokenizer_config else None,
         })
 
-    def resume(self, run_id: str | None = None, *, listeners: tuple = (), progress: bool | None = None,
+    @_stage(while_training="allow")
+    def resume(self, run_id: str | None = None, *, steps: int | None = None, learning_rate: float | None = None,
+               warmup_steps: int | None = None, listeners: tuple = (), progress: bool | None = None,
                live: bool | None = None) -> Any:
-        """Continue a stopped or failed run from its last checkpoint (also after `Session.open`)."""
+        """Continue a run from its last checkpoint: a paused one in place, a stopped, failed or interrupted
+        one exactly where it stopped (also after a kernel restart).
+
+        `steps=N` trains N more optimizer steps after the checkpoint, with a learning-rate
+        schedule re-planned for them (warmup to `learning_rate`, default the run's, then its
+        decay): this continues a finished run too. The segments are recorded in run.json.
+        """
         from nbtune.config import TrainConfig
 
-        if self._run is not None and (run_id is None or self._run.id == run_id):
+        active = self._active_run()
+        if active is not None:
+            if run_id not in (None, active.id) or steps is not None:
+                raise StageOrderError(f"{active.id} is {active.status}: one run at a time per model. Wait for it "
+                                      "(run.wait()) or stop it (run.stop()) first")
+            return active.resume()
+        if steps is None and self._run is not None and (run_id is None or self._run.id == run_id) \
+                and self._run.status in ("stopped", "failed"):
             return self._run.resume()
         record = self._run_record(run_id)
+        if record.get("status") == "finished" and steps is None:
+            raise StageOrderError(f"{record['id']} finished all its steps; to train it further pass steps=, e.g. "
+                                  f"s.resume({record['id']!r}, steps=100), or start a new run with s.train()")
         self._require_model("resume")
-        run = self._make_run(record, TrainConfig.from_dict(record["config"]), listeners, progress, live)
-        checkpoint = run.last_checkpoint
-        if checkpoint is None:
-            raise StageOrderError(f"{record['id']} has no checkpoint to resume from; start a new run with s.train()")
+        settings = TrainConfig.from_dict(record["config"])
+        checkpoint = self._last_checkpoint(record)
+        if steps is not None:
+            settings = self._extend_record(record, settings, checkpoint, steps, learning_rate, warmup_steps)
+        run = self._make_run(record, settings, listeners, progress, live)
+        self._autosave()
         return run.start(resume_from=checkpoint)
+
+    def _last_checkpoint(self, record: dict[str, Any]) -> Path:
+        from nbtune.train.checkpoint import list_checkpoints
+
+        found = list_checkpoints(self._run_dir(record))
+        if not found:
+            raise StageOrderError(f"{record['id']} has no checkpoint to resume from; start a new run with s.train()")
+        return found[-1]
+
+    def _extend_record(self, record: dict[str, Any], settings: Any, checkpoint: Path, steps: int,
+                       learning_rate: float | None, warmup_steps: int | None) -> Any:
+        """Re-plan a run for `steps` more steps after `checkpoint`; record the new schedule segment."""
+        from nbtune.train.checkpoint import read_state
+
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ConfigError(f"steps must be a whole number of at least 1, got {steps!r}", column="steps",
+                              fix="pass how many more optimizer steps to train, e.g. steps=100")
+        start = int(read_state(checkpoint)["step"])
+        peak = learning_rate if learning_rate is not None else settings.learning_rate
+        warmup = warmup_steps if warmup_steps is not None else max(1, round(0.05 * steps))
+        extended = settings.replace(steps=start + steps, learning_rate=peak, warmup_steps=warmup)
+        extended.validate()
+        segments = record.get("segments") or [{"start": 0, "end": start, "learning_rate": settings.learning_rate,
+                                               "warmup_steps": settings.warmup_steps}]
+        record["segments"] = [*segments, {"start": start, "end": start + steps, "learning_rate": peak,
+                                          "warmup_steps": warmup, "added": _now()}]
+        record["config"] = extended.to_dict()
+        if not record.get("attached"):
+            self._update_run_file(record)
+        return extended
+
+    def _update_run_file(self, record: dict[str, Any]) -> None:
+        """Write the record's settings and schedule segments into run.json, keeping what it already says."""
+        import json
+
+        path = self._run_dir(record) / "run.json"
+        saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        atomic_write_json(path, {**saved, "config": record["config"], "segments": record.get("segments")})
 
     def _run_record(self, run_id: str | None) -> dict[str, Any]:
         if not self.runs:
@@ -535,6 +805,7 @@ class Session:
             bus.subscribe(listener)
         run = Run(record["id"], run_dir, lambda: self._make_engine(record, settings, bus, token), bus, token,
                   recorder, background)
+        run.extender = lambda steps, **options: self.resume(record["id"], steps=steps, **options)
         self._run = run
         return run
 
@@ -544,7 +815,9 @@ class Session:
         lm = self._model
         tokenizer = lm.tokenizer or self._tokenizer
         seq_len = settings.seq_len or self.tokenizer_config.context_length
-        return Engine(loaded_model=lm, train_rows=self._tokens["train"], validation_rows=self._tokens["validation"],
+        segments = record.get("segments") or [{"start": 0}]
+        return Engine(schedule_start=segments[-1]["start"], prune_checkpoints=not record.get("attached"),
+                      loaded_model=lm, train_rows=self._tokens["train"], validation_rows=self._tokens["validation"],
                       config=settings, seq_len=seq_len, pack_rows=self.tokenizer_config.pack,
                       pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
                       run_dir=self.workdir / record["dir"], run_id=record["id"], bus=bus, token=token,
@@ -574,14 +847,15 @@ class Session:
         """Keep the run's record in session.json current (status, last checkpoint)."""
 
         def update(event: Any) -> None:
-            if event.kind == "checkpoint":
-                record["checkpoint"] = event.data["path"]
-            elif event.kind == "run_end":
-                record["status"] = event.data["status"]
-            elif event.kind == "run_start":
-                record["status"] = "running"
-            record["step"] = event.step
-            self._autosave()
+            with self._stage_lock.held("bookkeeping"):
+                if event.kind == "checkpoint":
+                    record["checkpoint"] = event.data["path"]
+                elif event.kind == "run_end":
+                    record["status"] = event.data["status"]
+                elif event.kind == "run_start":
+                    record["status"] = "running"
+                record["step"] = event.step
+                self._autosave()
 
         return update
 
@@ -595,6 +869,7 @@ class Session:
             raise StageOrderError(f"{stage}() needs tokens: call s.tokenize() first")
         return lm
 
+    @_stage(changes=False, while_training="allow")
     def evaluate(self, split: str = "validation", *, max_rows: int | None = None, batch_size: int = 8,
                  compare_base: bool | None = None) -> Any:
         """Loss, perplexity and bits per byte on held-out rows, the per-row distribution and the worst rows.
@@ -631,6 +906,7 @@ class Session:
         return {rid: _row_text({name: value}) for rid, value in zip(column(data, "row_id"), column(data, name),
                                                                       strict=True)}
 
+    @_stage(changes=False, while_training="allow")
     def generate(self, prompts: list[str] | None = None, *, max_new_tokens: int = 48, seed: int = 0,
                  others: dict[str, Session] | None = None, compare_base: bool | None = None) -> Any:
         """Greedy and sampled generations, side by side: this model, its base (LoRA), and `others` sessions.
@@ -662,6 +938,7 @@ class Session:
         return report
 
     # ---------------------------------------------------------- compare, export
+    @_stage(changes=False, while_training="allow")
     def compare(self, run_ids: list[str] | None = None, *, axis: str = "steps",
                 metrics: tuple = ("loss", "eval_loss", "eval_bpb", "tokens_per_s", "memory")) -> Any:
         """Overlay runs on one axis (steps, tokens, flops, time), with the settings that differ and best checkpoints."""
@@ -674,6 +951,7 @@ class Session:
         self.reports["compare"] = report
         return report
 
+    @_stage(changes=False, while_training="running")
     def export(self, directory: str | Path, *, merge: bool | None = None, chat_template: str | None = None,
                smoke_prompt: str | None = "Hello!", max_new_tokens: int = 20) -> Any:
         """Write the model (or LoRA adapter; `merge=True` for a merged model) with its tokenizer, then reload
@@ -693,6 +971,7 @@ class Session:
         return report
 
     # ------------------------------------------------- scaling out: recipes and runs from elsewhere
+    @_stage(changes=False, while_training="allow")
     def export_recipe(self, directory: str | Path, *, data: str = "auto", strategy: str = "ddp",
                       **train_overrides: Any) -> MessageReport:
         """Write this session as a recipe folder that trains on more GPUs or machines (torchrun, accelerate launch).
@@ -724,6 +1003,7 @@ class Session:
         self.reports["recipe"] = report
         return report
 
+    @_stage()
     def attach_run(self, directory: str | Path, *, checkpoint: str | int | None = None) -> MessageReport:
         """Bring a run trained elsewhere (an exported recipe under torchrun or accelerate) into this session.
 
@@ -807,6 +1087,7 @@ class Session:
         return path
 
     # -------------------------------------------------------------------- lab
+    @_stage()
     def lab(self, config: Any = None, **overrides: Any) -> Any:
         """Fine-tuning vs training from scratch on this session's data, measured (see `nbtune.eval.lab`)."""
         from nbtune.config import LabConfig
@@ -829,81 +1110,79 @@ class Session:
     # ------------------------------------------------------------ persistence
     def state(self) -> dict[str, Any]:
         """Everything needed to restore this Session (JSON-serialisable)."""
-        return {
-            "version": STATE_VERSION,
-            "created": self.created,
-            "saved": _now(),
-            "sources": self.sources,
-            "format": self.format,
-            "format_reason": self.format_reason,
-            "mapping": self.mapping,
-            "columns": self.columns,
-            "problems": [p.__dict__ for p in self._problems],
-            "split": self.split_config.to_dict(),
-            "clean": {"recipe": self._stored_clean(), "applied": self.clean_applied},
-            "tokens": {"config": self.tokenizer_config.to_dict() if self.tokenizer_config else None,
-                       "done": self._tokens is not None},
-            "model": self.model_settings,
-            "runs": self.runs,
-        }
+        with self._stage_lock.held("state"):
+            return {
+                "version": STATE_VERSION,
+                "created": self.created,
+                "saved": _now(),
+                "sources": self.sources,
+                "format": self.format,
+                "format_reason": self.format_reason,
+                "mapping": self.mapping,
+                "columns": self.columns,
+                "problems": [p.__dict__ for p in self._problems],
+                "split": self.split_config.to_dict(),
+                "clean": {"recipe": self._stored_clean(), "applied": self.clean_applied},
+                "tokens": {"config": self.tokenizer_config.to_dict() if self.tokenizer_config else None,
+                           "done": self._tokens is not None},
+                "model": self.model_settings,
+                "runs": self.runs,
+            }
 
     def save(self, *, data: tuple[str, ...] = ("loaded", "cleaned", "tokenizer", "tokens")) -> Path:
-        """Write the state (and the named data) into the workdir, atomically. Returns the state file."""
-        with self._save_lock:
-            return self._save(data)
+        """Save the state and the named data as one transaction (see `nbtune.store`); returns the state file.
 
-    def _save(self, data: tuple[str, ...]) -> Path:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        writers = {
-            "loaded": (self._loaded, lambda tmp: self._loaded.save_to_disk(str(tmp))),
-            "cleaned": (self._cleaned, lambda tmp: self._cleaned.save_to_disk(str(tmp))),
-            "tokenizer": (self._tokenizer, lambda tmp: self._tokenizer.save_pretrained(str(tmp))),
-            "tokens": (self._tokens, lambda tmp: self._tokens.save_to_disk(str(tmp))),
-        }
-        for name in data:
-            value, write = writers[name]
-            write = _quietly(write)
-            target = self._data_dir(name)
+        Data items that are no longer in memory (e.g. tokens after a new load)
+        are dropped from the saved state in the same transaction.
+        """
+        with self._stage_lock.held("save"):
+            self._check_usable("save", changes=True)
+            if self._holding is None:
+                raise StageOrderError("this Session saves nothing (Session.in_memory); open the folder with "
+                                      "nbtune.Session(folder) to save there")
+            with self._holding.save_lock:
+                return self._store.commit(self.state(), self._writes(data))
+
+    def _writes(self, data: tuple[str, ...]) -> dict[str, Any]:
+        """name -> a folder builder for each named item in memory, None for each saved item no longer in memory."""
+        values = {"loaded": self._loaded, "cleaned": self._cleaned, "tokenizer": self._tokenizer,
+                  "tokens": self._tokens}
+        writes: dict[str, Any] = {}
+        for name, value in values.items():
             if value is None:
-                shutil.rmtree(target, ignore_errors=True)
-            else:
-                atomic_replace_dir(write, target)
-        return atomic_write_json(self.workdir / STATE_FILE, self.state())
+                if self._store.path(name) is not None:
+                    writes[name] = None
+            elif name in data or self._store.path(name) is None:
+                writes[name] = _quietly(_writer(name, value))
+        return writes
 
     def _autosave(self, data: tuple[str, ...] = ()) -> None:
-        stale = tuple(n for n in ("cleaned", "tokenizer", "tokens") if n not in data)
-        if self.autosave:
-            self.save(data=data + tuple(n for n in stale if self._stale_on_disk(n)))
-
-    def _stale_on_disk(self, name: str) -> bool:
-        """True when data for `name` is on disk but no longer in memory (so it must go)."""
-        in_memory = {"cleaned": self._cleaned, "tokenizer": self._tokenizer, "tokens": self._tokens}[name]
-        return in_memory is None and self._data_dir(name).exists()
-
-    def _data_dir(self, name: str) -> Path:
-        return self.workdir / ("tokenizer" if name == "tokenizer" else f"data/{name}")
+        if self.autosave and self._holding is not None:
+            self.save(data=data)
 
     @classmethod
-    def open(cls, workdir: str | Path, *, autosave: bool = True) -> Session:
-        """Reopen a saved Session (e.g. after a kernel restart) with all its data and settings."""
-        path = Path(workdir).expanduser().resolve() / STATE_FILE
+    def open(cls, workdir: str | Path, *, autosave: bool = True, read_only: bool = False) -> Session:
+        """Reopen a saved Session (e.g. after a kernel restart) with all its data and settings.
+
+        The same as `Session(workdir)`, except that a folder with no saved session is an error here.
+        """
+        path = _resolve(workdir) / STATE_FILE
         if not path.exists():
             raise DataError("no saved nbtune session here", path=path.parent,
                             fix="check the folder name, or create one with nbtune.Session(workdir)")
-        try:
-            state = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"the session file is not valid JSON: {exc.msg}", path=path, line=exc.lineno,
-                            column=exc.colno, fix="restore it from a backup; nbtune writes it atomically, so "
-                            "this usually means it was edited by hand") from None
-        session = cls(path.parent, autosave=autosave)
-        session._restore(state)
-        return session
+        return cls(path.parent, autosave=autosave, read_only=read_only)
 
     def _restore(self, state: dict[str, Any]) -> None:
+        """Take over a saved state: settings, runs, and the data folders of its generation."""
         from datasets import load_from_disk
 
+        self._store.adopt(state)
+        if not self.read_only:
+            removed = self._store.recover()
+            if removed:
+                self._recovered = f"removed {len(removed)} folder(s) an interrupted save left behind"
         self.created = state.get("created", self.created)
+        self._saved_at = state.get("saved")
         self.sources = state.get("sources", [])
         self.format, self.format_reason = state.get("format"), state.get("format_reason", "")
         self.mapping, self.columns = state.get("mapping", {}), state.get("columns", [])
@@ -916,14 +1195,50 @@ class Session:
         self.runs = state.get("runs", [])
         self.model_settings = state.get("model", {})
         for name, attr in (("loaded", "_loaded"), ("cleaned", "_cleaned"), ("tokens", "_tokens")):
-            folder = self._data_dir(name)
-            if folder.exists():
+            folder = self._store.path(name)
+            if folder is not None:
                 setattr(self, attr, load_from_disk(str(folder)))
         self.clean_applied = self._cleaned is not None
-        if self._data_dir("tokenizer").exists():
+        if self._store.path("tokenizer") is not None:
             from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(str(self._data_dir("tokenizer")))
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self._store.path("tokenizer")))
+        self._reconcile_runs()
+
+    def _reconcile_runs(self) -> None:
+        """Runs as their folders tell it: a run left 'running' by a dead kernel is 'interrupted' (resumable);
+        a run folder that session.json does not list (an older nbtune started over it) is listed again."""
+        from nbtune.eval.compare import load_run
+        from nbtune.train.run import run_lock_holder
+
+        for record in self.runs:
+            folder = self._run_dir(record)
+            if record.get("status") not in ("created", *ACTIVE) or run_lock_holder(folder) is not None:
+                continue
+            try:
+                found = load_run(folder)
+            except DataError:
+                record["status"] = "interrupted"
+                continue
+            record["status"] = "interrupted" if found.status in ("created", *ACTIVE) else found.status
+            record["checkpoint"] = str(found.checkpoints[-1]) if found.checkpoints else record.get("checkpoint")
+            record["step"] = found.steps[-1]["step"] if found.steps else record.get("step", 0)
+        listed = {self._run_dir(r).resolve() for r in self.runs}
+        runs_dir = self.workdir / "runs"
+        for folder in sorted(runs_dir.iterdir() if runs_dir.is_dir() else [], key=_run_order):
+            if folder.resolve() in listed or not (folder / "run.json").is_file():
+                continue
+            try:
+                found = load_run(folder)
+            except DataError:
+                continue
+            self.runs.append({**{k: found.config.get(k) for k in ("id", "method", "model", "config", "created")},
+                              "id": folder.name, "dir": f"runs/{folder.name}", "status": found.status,
+                              "checkpoint": str(found.checkpoints[-1]) if found.checkpoints else None,
+                              "step": found.steps[-1]["step"] if found.steps else 0, "recovered": _now()})
+
+    def _run_dir(self, record: dict[str, Any]) -> Path:
+        return self.workdir / record["dir"]
 
     # ---------------------------------------------------------------- display
     def stages(self) -> list[tuple[str, str]]:
@@ -945,15 +1260,26 @@ class Session:
 
         return App(self, **options)
 
+    def _status_rows(self) -> list[tuple[str, str]]:
+        """What `repr` shows: how the project was opened, each stage, and the runs."""
+        mode = " (read-only)" if self.read_only else " (closed)" if self._closed else ""
+        rows = [("project", self._opened_note + mode), *self.stages()]
+        if self.runs:
+            shown = ", ".join(f"{r['id']} {r.get('status')}" for r in self.runs[-3:])
+            rows.append(("runs", (f"{len(self.runs)}: … " if len(self.runs) > 3 else "") + shown))
+        return rows
+
     def __repr__(self) -> str:
-        lines = [f"Session({str(self.workdir)!r})"] + [f"  {k}: {v}" for k, v in self.stages()]
+        lines = [f"Session({str(self.workdir)!r})"] + [f"  {k}: {v}" for k, v in self._status_rows()]
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         from nbtune.viz.html import STYLE, esc, key_values
 
-        return f'{STYLE}<div class="nbt"><h3>nbtune Session · {esc(self.workdir)}</h3>{key_values(self.stages())}</div>'
+        return (f'{STYLE}<div class="nbt"><h3>nbtune Session · {esc(self.workdir)}</h3>'
+                f'{key_values(self._status_rows())}</div>')
 
+    @_stage(changes=False, while_training="allow")
     def report(self, path: str | Path | None = None, *, title: str | None = None) -> Path:
         """Write every stage's latest report into one self-contained HTML file; return its path."""
         from nbtune.viz.report import write_html_report
@@ -975,6 +1301,19 @@ class Session:
 def _flops_at(card: Any, seq_len: int) -> float:
     """The card's FLOPs per token (6N + 12 L h T), with T the run's sequence length instead of the card's."""
     return card.flops_per_token + 12.0 * card.layers * card.hidden * (seq_len - card.seq_len)
+
+
+def _writer(name: str, value: Any) -> Callable[[Path], None]:
+    """How one data item writes itself into a folder (datasets, or a tokenizer's save_pretrained)."""
+    if name == "tokenizer":
+        return lambda folder: value.save_pretrained(str(folder))
+    return lambda folder: value.save_to_disk(str(folder))
+
+
+def _run_order(folder: Path) -> tuple[int, str]:
+    """run-002-lora before run-010-lora; other names after, by name."""
+    match = re.match(r"^run-(\d+)-", folder.name)
+    return (int(match.group(1)) if match else 1 << 30, folder.name)
 
 
 def _quietly(write: Any) -> Any:

@@ -118,6 +118,7 @@ def test_save_and_open_restore_everything(session):
 
 def test_reopened_in_a_fresh_process(session):
     session.clean(mask_pii=True)
+    session.close()  # another process may open the project for writing only once this one lets go
     code = (f"import nbtune, json; s = nbtune.Session.open({str(session.workdir)!r}); "
             "print(json.dumps([len(s.dataset), s.clean_config.mask_pii, s.format]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -141,6 +142,9 @@ def test_a_crash_mid_save_leaves_the_previous_state_file(session, monkeypatch):
     assert state_file.read_text() == good
     json.loads(state_file.read_text())
     assert not [p for p in session.workdir.iterdir() if p.name.endswith(".tmp")]
+    saved = json.loads(good)["data"]
+    assert sorted(p.name for p in (session.workdir / "data").iterdir()) == sorted(Path(v).name for v in saved.values())
+    assert Session.open(session.workdir).raw_dataset["text"] == session.raw_dataset["text"]
 
 
 def test_open_reports_a_corrupt_state_file_with_its_line(tmp_path):

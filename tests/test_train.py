@@ -87,6 +87,7 @@ def test_resume_from_disk_in_a_fresh_process_is_bitwise_exact(tmp_path, k):
             session.run.stop()
 
     session.train(steps=steps, listeners=(stop_at_k,), **FAST)
+    session.close()  # the project is handed to the other process, as when a kernel is restarted
     out = subprocess.run([sys.executable, "-c", RESUME_SCRIPT, str(session.workdir)], capture_output=True,
                          text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -126,6 +127,7 @@ def test_events_files_and_checkpoints(scratch_session):
 
 
 def _fail_on_big_batches(model, limit: int):
+    model = model.get_decoder()  # what the engine calls: the decoder, then the fused loss runs the head
     real_forward = model.forward
     calls = {"oom": 0}
 
@@ -156,8 +158,11 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch(tmp_
 def test_out_of_memory_without_auto_batch_fails_cleanly_and_keeps_the_session(tmp_path):
     session = _fresh_scratch(tmp_path / "oom2")
     _fail_on_big_batches(session.model.model, limit=1)
-    run = session.train(steps=4, auto_batch=False, **FAST)
-    assert run.status == "failed" and "out of memory" in str(run.error)
+    with pytest.raises(MemoryError, match="out of memory") as info:  # in the foreground the failure is raised
+        session.train(steps=4, auto_batch=False, **FAST)
+    assert "run-001-scratch failed at step 1" in "\n".join(info.value.__notes__)
+    run = session.run
+    assert run.status == "failed" and run.error is info.value
     assert run.engine.optimizer is None
     assert len(session.dataset) > 0 and session.model is not None
     assert json.loads((session.workdir / "session.json").read_text())["runs"][0]["status"] == "failed"
@@ -196,7 +201,7 @@ def test_keyboard_interrupt_in_the_foreground_is_a_graceful_stop(scratch_session
             raise KeyboardInterrupt
 
     # listeners swallow exceptions, so interrupt from inside the model like a real Ctrl-C would
-    model = scratch_session.model.model
+    model = scratch_session.model.model.get_decoder()  # what the engine calls (the fused loss runs the head)
     real_forward, count = model.forward, {"n": 0}
 
     def forward(*args, **kwargs):
@@ -252,3 +257,142 @@ def test_fine_tuning_methods_learn(tmp_path, tiny_pretrained, method, lr):
     after = dict(s.model.model.named_parameters())
     assert all(not torch.equal(trainable[n], after[n]) for n in trainable)
     assert card.params_trainable == sum(p.numel() for p in trainable.values())
+
+
+# ------------------------------------------------------------------------------ one read per step, compile fallback
+
+
+READS = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__", "numpy")
+
+
+def test_one_device_to_host_read_per_step(scratch_session, monkeypatch):
+    """Every way a tensor's value reaches Python is counted during each step: one per step, the loss read.
+
+    (On CPU these reads cost nothing; on CUDA each one is a sync. `torch.cuda.set_sync_debug_mode` would catch
+    syncs directly, but only on a GPU.)
+    """
+    from nbtune.train import loop
+
+    counts: list[int] = []
+    reads = {"n": 0}
+    real_step = loop.Engine._accumulate_and_step
+
+    def counted(self):
+        reads["n"] = 0
+        result = real_step(self)
+        counts.append(reads["n"])
+        return result
+
+    for name in READS:
+        real = getattr(torch.Tensor, name)
+
+        def wrapper(self, *a, _real=real, **k):
+            reads["n"] += 1
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, wrapper)
+    monkeypatch.setattr(loop.Engine, "_accumulate_and_step", counted)
+    run = scratch_session.train(steps=3, **{**FAST, "grad_accum": 2})
+    assert run.status == "finished", run.error
+    assert counts == [1, 1, 1]
+
+
+def test_a_failing_compile_falls_back_to_eager_with_a_message(tmp_path, monkeypatch):
+    from nbtune.train import loop
+
+    reference = _fresh_scratch(tmp_path / "ref").train(steps=3, **FAST).losses
+
+    class Broken:
+        def __init__(self, module):
+            self.module = module
+
+        def __call__(self, *args, **kwargs):
+            raise RuntimeError("inductor: no C++ compiler (simulated)")
+
+    monkeypatch.setattr(loop, "_compile", Broken)
+    errors = []
+    run = _fresh_scratch(tmp_path / "c").train(steps=3, compile=True, **FAST,
+                                              listeners=(lambda e: errors.append(e.data) if e.kind == "error" else None,))
+    assert run.status == "finished", run.error
+    assert [e["kind_of_error"] for e in errors] == ["compile"] and errors[0]["recovered"]
+    assert "training goes on uncompiled" in errors[0]["message"]
+    np.testing.assert_allclose(run.losses, reference, rtol=1e-6)
+    assert run.engine.compiled is False
+
+
+def test_compile_defaults_to_cuda_only(scratch_session):
+    run = scratch_session.train(steps=1, **FAST)
+    assert TrainConfig().compile is None and run.engine.compiled is False  # CPU: off
+
+
+def test_the_fused_loss_is_used_and_equals_the_plain_loss(scratch_session):
+    """The engine's loss (decoder + fused head) equals model(...).logits + fp32 cross-entropy on the same batch."""
+    import torch.nn.functional as F
+
+    run = scratch_session.train(steps=1, **FAST)
+    engine = run.engine
+    engine._prepare_model()
+    assert engine._head is not None
+    inputs, targets, weights, positions = engine._step_batch(0)
+    got = engine._micro_loss(inputs, targets, weights, positions)
+    model = scratch_session.model.model
+    from nbtune.train import attention
+
+    kwargs = attention.model_kwargs(engine.attention, attention.documents(positions), torch.device("cpu"))
+    logits = model(input_ids=torch.from_numpy(inputs), position_ids=torch.from_numpy(positions), use_cache=False,
+                   **kwargs).logits
+    expected = (F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), torch.from_numpy(targets).reshape(-1),
+                                reduction="none") * torch.from_numpy(weights).reshape(-1)).sum()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------ memory savers from the card
+
+
+def _card(method, *, memory_gib, params=1_000_000_000, trainable=10_000_000, weight_bytes=None):
+    from nbtune.device import DeviceInfo
+    from nbtune.models.card import estimate_card
+
+    device = DeviceInfo("cuda", "test GPU", "bf16", int(memory_gib * 2**30), None)
+    return estimate_card(params_total=params, params_trainable=trainable, layers=16, hidden=2048, heads=32,
+                         kv_heads=8, intermediate=8192, vocab=49152, context=2048, batch=1, seq_len=512,
+                         device=device, method=method, weight_bytes=weight_bytes or params * 2)
+
+
+def _choose(card, *, micro_batch=1, seq_len=512, device_type="cuda", checkpointing=None, optimizer="auto",
+            paged=True):
+    from nbtune.train.memory import choose_savers
+
+    return choose_savers(card, device_type=device_type, precision="bf16", micro_batch=micro_batch, seq_len=seq_len,
+                         checkpointing=checkpointing, optimizer=optimizer, paged_available=paged)
+
+
+def test_memory_savers_stay_off_when_the_step_fits():
+    choice = _choose(_card("lora", memory_gib=80))
+    assert (choice.gradient_checkpointing, choice.optimizer) == (False, "adamw")
+
+
+def test_checkpointing_turns_on_when_the_step_would_not_fit():
+    card = _card("lora", memory_gib=8)
+    assert _choose(card, micro_batch=1).gradient_checkpointing is False
+    big = _choose(card, micro_batch=16, seq_len=2048)
+    assert big.gradient_checkpointing is True and "not fit" in big.reason
+    assert _choose(card, micro_batch=16, seq_len=2048, checkpointing=False).gradient_checkpointing is False
+
+
+def test_qlora_on_a_gpu_gets_checkpointing_when_activations_dominate_and_a_paged_optimizer():
+    card = _card("qlora", memory_gib=80, weight_bytes=700 * 2**20)
+    choice = _choose(card, micro_batch=4, seq_len=2048)
+    assert choice.gradient_checkpointing and choice.optimizer == "paged_adamw_8bit"
+    assert choice.estimate < _choose(card, micro_batch=4, seq_len=2048, checkpointing=False,
+                                     optimizer="adamw").estimate
+    assert _choose(card, micro_batch=4, seq_len=2048, paged=False).optimizer == "adamw"  # no bitsandbytes
+    cpu = _choose(card, micro_batch=4, seq_len=2048, device_type="cpu")
+    assert (cpu.gradient_checkpointing, cpu.optimizer) == (False, "adamw")
+
+
+def test_full_fine_tune_gets_8bit_adam_only_when_fp32_state_does_not_fit():
+    full = dict(params=1_000_000_000, trainable=1_000_000_000, weight_bytes=4 * 10**9)
+    # 4 GB weights + 4 GB grads + 8 GB AdamW = 16 GB: does not fit 16 GiB x 0.85; with 8-bit state (2 GB) it does
+    assert _choose(_card("full", memory_gib=16, **full)).optimizer == "paged_adamw_8bit"
+    assert _choose(_card("full", memory_gib=40, **full)).optimizer == "adamw"

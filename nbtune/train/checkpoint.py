@@ -15,6 +15,7 @@ are written atomically and only the newest `keep` are kept.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 from nbtune.storage import atomic_replace_dir, atomic_write_json
 
 STATE = "state.json"
+_STEP_FOLDER = re.compile(r"^step-(\d+)$")
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -29,11 +31,16 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
-    folder = run_dir / "checkpoints"
-    if not folder.exists():
+    """Complete checkpoints of a run, ordered by step number (not by name: step-1000000 comes after step-999999)."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
         return []
-    return sorted(p for p in folder.glob("step-*") if (p / STATE).exists())
+    found = []
+    for path in folder.iterdir():
+        match = _STEP_FOLDER.match(path.name)
+        if match and not path.is_symlink() and (path / STATE).is_file():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
 
 
 def _optimizer_tensors(optimizer: Any, names: dict[int, str]) -> dict[str, Any]:
@@ -78,9 +85,9 @@ def restore_rng(tensors: dict[str, Any]) -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, *, loaded_model: Any, optimizer: Any, param_names: dict[int, str],
-                    state: dict[str, Any], keep: int, model_state: dict[str, Any] | None = None,
+                    state: dict[str, Any], keep: int | None, model_state: dict[str, Any] | None = None,
                     optimizer_tensors: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint atomically and prune old ones; returns its folder.
+    """Write a checkpoint atomically and keep only the newest `keep` (by step; None keeps all); returns its folder.
 
     `model_state` and `optimizer_tensors` replace what would be read from the
     model and optimizer: a sharded (FSDP) run passes the full state it gathered.
@@ -95,8 +102,9 @@ def save_checkpoint(run_dir: Path, step: int, *, loaded_model: Any, optimizer: A
         atomic_write_json(tmp / STATE, state)
 
     target = atomic_replace_dir(build, checkpoint_dir(run_dir, step))
-    for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    if keep:
+        for old in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
     return target
 
 
