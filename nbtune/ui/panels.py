@@ -340,7 +340,8 @@ class TrainPanel(Panel):
             self._say(f"{event.run_id} {status} at step {event.step}" + self._checkpoint_text())
             self.app.refresh_header()
         elif event.kind == "error":
-            self._say(f"{event.data.get('message', 'error')} — {event.data.get('advice', '')}")
+            advice = event.data.get("advice")
+            self._say(event.data.get("message", "error") + (f" — {advice}" if advice else ""))
 
     def _checkpoint_text(self) -> str:
         run = self.session.run
@@ -364,7 +365,7 @@ class TrainPanel(Panel):
         self.start.disabled = running or status == "paused"
         self.pause.disabled = not running
         self.stop.disabled = status not in ("running", "paused")
-        self.resume.disabled = status not in ("paused", "stopped", "failed")
+        self.resume.disabled = status not in ("paused", "stopped", "failed", "interrupted")
 
     def _say(self, text: str) -> None:
         self.state.value = f'<span style="font-family:system-ui;font-size:13px">{esc(text)}</span>'
