@@ -324,7 +324,8 @@ def part_oom(sz: Sizes, ctx: dict[str, Any]) -> tuple[bool, str]:
     mem.loaded()
     simulated = None
     if sz.device != "cuda":  # no real OOM on a CPU: fail like the tests do, above 4 sequences per micro-batch
-        model, real_forward = s.model.model, s.model.model.forward
+        model = s.model.model.get_decoder()  # what the engine calls: the decoder, then the fused loss
+        real_forward = model.forward
         simulated = {"n": 0}
 
         def forward(*args: Any, input_ids: Any = None, **kwargs: Any) -> Any:

@@ -70,6 +70,7 @@ def activation_bytes(
     bytes_per_value: int,
     gradient_checkpointing: bool = False,
     lora: bool = False,
+    fused_loss: bool = True,
 ) -> int:
     """Activations kept for the backward pass of a Llama-style decoder (one micro-batch).
 
@@ -82,10 +83,13 @@ def activation_bytes(
     "Reducing Activation Recomputation in Large Transformer Models", count the
     same tensors for GPT blocks). LoRA adds a dropout copy of each adapted
     layer's input (~6h + I). The language-model head dominates small models
-    with large vocabularies: the logits and their gradient, plus the fp32
-    log-softmax of the loss and its gradient, take V x (2 bytes + 8) per token.
+    with large vocabularies: unfused, the logits and their gradient, plus the
+    fp32 log-softmax of the loss and its gradient, take V x (2 bytes + 8) per
+    token. The engine's fused loss (`nbtune.train.loss`) keeps only the
+    gradient of the final hidden state (h values per token) plus one chunk of
+    logits at a time (~128 MiB of fp32, a constant left to the margin).
 
-    This counts tensors. Measured on CPU (SmolLM2-135M, 256-token sequences) the
+    This counts tensors. Measured on CPU before the fused loss (SmolLM2-135M, 256-token sequences) the
     tensors autograd saved came to 0.75x (full) and 0.85x (LoRA) of this
     estimate, while the process grew by 1.1x (full) to 1.6x (LoRA) of the
     card's gradients + optimizer + activations during a training step
@@ -100,7 +104,7 @@ def activation_bytes(
     # checkpointing keeps each block's input and rebuilds one block at a time
     blocks = layers * hidden + per_layer if gradient_checkpointing else layers * per_layer
     embed_and_norm = 3 * hidden
-    head = vocab * (2 * bytes_per_value + 8)
+    head = hidden * bytes_per_value if fused_loss else vocab * (2 * bytes_per_value + 8)
     return int(tokens * ((blocks + embed_and_norm) * bytes_per_value + head))
 
 

@@ -53,14 +53,19 @@ class Plan:
     warmup_steps: int
     eval_every: int
     checkpoint_every: int | None
+    schedule_start: int = 0  # where the learning-rate schedule begins: 0, or the step a `resume(steps=)` added from
 
     @property
     def tokens_per_step(self) -> int:
         return self.sequences_per_step * self.seq_len
 
 
-def make_plan(config: TrainConfig, *, sequences_per_epoch: int, seq_len: int) -> Plan:
-    """Turn steps / epochs / token budget and batch settings into a concrete plan."""
+def make_plan(config: TrainConfig, *, sequences_per_epoch: int, seq_len: int, schedule_start: int = 0) -> Plan:
+    """Turn steps / epochs / token budget and batch settings into a concrete plan.
+
+    `schedule_start` > 0 re-plans the learning rate for the steps after it (a run
+    trained further): warmup and decay then span `schedule_start`..`total_steps`.
+    """
     micro = config.batch_size
     accum = config.grad_accum
     if config.batch_tokens:
@@ -77,20 +82,22 @@ def make_plan(config: TrainConfig, *, sequences_per_epoch: int, seq_len: int) ->
         total = max(1, math.ceil(config.token_budget / (per_step * seq_len)))
     else:
         total = max(1, math.ceil((config.epochs or 1.0) * steps_per_epoch))
-    warmup = config.warmup_steps if config.warmup_steps is not None else max(1, round(0.05 * total))
+    scheduled = max(1, total - schedule_start)
+    warmup = config.warmup_steps if config.warmup_steps is not None else max(1, round(0.05 * scheduled))
     eval_every = config.eval_every or max(1, total // 10)
-    return Plan(total, steps_per_epoch, sequences_per_epoch, seq_len, per_step, micro, accum, min(warmup, total),
-                eval_every, config.checkpoint_every)
+    return Plan(total, steps_per_epoch, sequences_per_epoch, seq_len, per_step, micro, accum, min(warmup, scheduled),
+                eval_every, config.checkpoint_every, schedule_start)
 
 
 def learning_rate(step: int, plan: Plan, config: TrainConfig) -> float:
     """Warmup then cosine / linear decay to `min_lr_ratio` of the peak (or constant)."""
     peak = config.learning_rate
+    step, total = step - plan.schedule_start, plan.total_steps - plan.schedule_start
     if step < plan.warmup_steps:
         return peak * (step + 1) / plan.warmup_steps
-    if config.schedule == "constant" or plan.total_steps <= plan.warmup_steps:
+    if config.schedule == "constant" or total <= plan.warmup_steps:
         return peak
-    progress = (step - plan.warmup_steps) / max(1, plan.total_steps - plan.warmup_steps)
+    progress = (step - plan.warmup_steps) / max(1, total - plan.warmup_steps)
     floor = peak * config.min_lr_ratio
     if config.schedule == "linear":
         return floor + (peak - floor) * (1 - progress)
@@ -118,13 +125,48 @@ def _enable_activation_checkpointing(model: Any) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+# Configuration fields by which a model's forward changes its logits after the head; the fused loss would skip
+# them, so such models keep the plain head + chunked loss path.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def _plain_head(model: Any) -> Any:
+    """The output head when it is a plain `nn.Linear` the loss can run itself (else None)."""
+    import torch
+
+    head = model.get_output_embeddings()
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if type(head) is not torch.nn.Linear or any(getattr(config, name, None) not in (None, 1, 1.0)
+                                                for name in _LOGIT_TRANSFORMS):
+        return None
+    return head
+
+
+def _compile(module: Any) -> Any:
+    """torch.compile, lazily: errors surface in the first step, where the engine falls back to eager."""
+    import torch
+
+    return torch.compile(module, dynamic=False)
+
+
+def _read_together(loss: Any, norm: Any) -> tuple[float, float]:
+    """The step's one device-to-host read: loss and gradient norm in a single transfer."""
+    import torch
+
+    if isinstance(norm, torch.Tensor):
+        values = torch.stack([loss.float(), norm.float().to(loss.device)]).tolist()
+        return values[0], values[1]
+    return float(loss), float(norm)
+
+
 class Engine:
     """Runs one training run of a `LoadedModel` on tokenized data, emitting events on `bus`."""
 
     def __init__(self, *, loaded_model: Any, train_rows: Any, validation_rows: Any, config: TrainConfig,
                  seq_len: int, pack_rows: bool, pad_id: int, run_dir: Path, run_id: str, bus: EventBus,
                  token: StopToken, flops_per_token: float, sample_prompt_ids: list[int] | None = None,
-                 decode: Any = None, tokens_per_byte: float | None = None) -> None:
+                 decode: Any = None, tokens_per_byte: float | None = None, schedule_start: int = 0,
+                 prune_checkpoints: bool = True) -> None:
         self.lm = loaded_model
         self.config = config
         self.run_dir = Path(run_dir)
@@ -145,7 +187,8 @@ class Engine:
 
             raise DataError(f"the training split has fewer tokens than one sequence of {seq_len}",
                             fix="load more data, or lower seq_len / context_length")
-        self.plan = make_plan(config, sequences_per_epoch=len(first), seq_len=seq_len)
+        self.plan = make_plan(config, sequences_per_epoch=len(first), seq_len=seq_len, schedule_start=schedule_start)
+        self.prune_checkpoints = prune_checkpoints  # False for a run attached from elsewhere: never delete its files
         self._val = self._packed(self.val_docs, epoch=0, shuffle=False)
         self.step = 0
         self.tokens_seen = 0
@@ -155,7 +198,12 @@ class Engine:
         self.scaler: Any = None
         self.last_checkpoint: Path | None = None
         self.error: Exception | None = None
-        self._forward: Any = loaded_model.model
+        self._forward: Any = loaded_model.model  # what the training forward calls (maybe compiled)
+        self._eager_forward: Any = loaded_model.model  # the same, never compiled (evaluation, compile fallback)
+        self._head: Any = None  # the output head, when the loss runs it itself (fused loss)
+        self.attention: Any = None  # attention.AttentionChoice, decided in _prepare_model
+        self.memory_choice: Any = None  # memory.MemoryChoice, decided in _prepare_model
+        self.compiled = False
         self.dist: Any = None  # a distributed.DistInfo when several processes train this run
         self._wrapped: Any = None  # the DDP wrapper / FSDP-sharded model, made once
         self.status = "created"
@@ -193,26 +241,63 @@ class Engine:
 
         self._prepare_model()
         groups, self.param_names = _param_groups(self.lm.model, self.config.weight_decay)
-        fused = self.lm.device.type in ("cuda", "cpu")  # fused AdamW runs on both since torch 2.4
-        self.optimizer = torch.optim.AdamW(groups, lr=self.config.learning_rate, betas=(0.9, 0.95), eps=1e-8,
-                                           fused=fused)
+        hyper = dict(lr=self.config.learning_rate, betas=(0.9, 0.95), eps=1e-8)
+        if self.memory_choice.optimizer == "paged_adamw_8bit":
+            self.optimizer = memory.paged_adamw_8bit(groups, **hyper)
+        else:  # fused AdamW runs on CUDA and CPU since torch 2.4
+            self.optimizer = torch.optim.AdamW(groups, fused=self.lm.device.type in ("cuda", "cpu"), **hyper)
         if self.lm.device.needs_loss_scaling:
             self.scaler = torch.amp.GradScaler("cuda")
 
     def _prepare_model(self) -> None:
-        """Apply the run's model options: gradient checkpointing and torch.compile."""
-        import torch
+        """Decide the run's kernels and memory savers, then apply them: checkpointing, wrapping, compile."""
+        from nbtune.train import attention
 
         model = self.lm.model
-        if self.config.gradient_checkpointing:
+        device = self.lm.device
+        self.memory_choice = self._choose_memory_savers()
+        if self.memory_choice.gradient_checkpointing:
             _enable_activation_checkpointing(model)
         if self.dist is not None and self._wrapped is None:
             from nbtune.train import distributed
 
             self._wrapped = distributed.wrap(model, self.dist)
-        forward = self._wrapped if self._wrapped is not None else model
+        self.attention = attention.choose(device.type, device.precision, model, self.config.attention)
+        # the fused loss calls the decoder and runs the head itself; DDP/FSDP must see the whole forward
+        self._head = _plain_head(model) if self.dist is None else None
+        if self._head is not None:
+            forward = model.get_decoder()
+        else:
+            forward = self._wrapped if self._wrapped is not None else model
+        self._eager_forward = forward
         # compile a wrapper, not the model itself: checkpoints keep saving the plain module
-        self._forward = torch.compile(forward) if self.config.compile else forward
+        compile_wanted = self.config.compile if self.config.compile is not None else device.type == "cuda"
+        self._forward = _compile(forward) if compile_wanted else forward
+        self.compiled = compile_wanted
+
+    def _choose_memory_savers(self) -> Any:
+        from nbtune.models.pretrained import bnb_usable
+
+        device = self.lm.device
+        paged = device.type == "cuda" and bnb_usable(device)[0]
+        if self.config.optimizer == "paged_adamw_8bit" and not paged:
+            from nbtune.errors import ConfigError
+
+            raise ConfigError("optimizer='paged_adamw_8bit' needs bitsandbytes on a CUDA GPU", column="optimizer",
+                              fix="use optimizer='auto' or 'adamw'")
+        return memory.choose_savers(self.lm.card, device_type=device.type, precision=device.precision,
+                                    micro_batch=self.plan.micro_batch, seq_len=self.plan.seq_len,
+                                    checkpointing=self.config.gradient_checkpointing,
+                                    optimizer=self.config.optimizer, paged_available=paged)
+
+    @property
+    def setup_report(self) -> dict[str, Any]:
+        """How this run computes a step (for the run header): attention kernel, loss, compile, memory savers."""
+        return {"attention": self.attention.describe() if self.attention else None,
+                "loss": "fused linear + cross-entropy, chunked" if self._head is not None else
+                        "chunked cross-entropy over the logits",
+                "compile": self.compiled,
+                "memory": self.memory_choice.describe() if self.memory_choice else None}
 
     @property
     def _fsdp(self) -> bool:
@@ -313,10 +398,26 @@ class Engine:
                 self._recover_from_oom(exc)
 
     def _forward_backward_step(self) -> tuple[float, int, float]:
+        """One optimizer step; a first compiled step that fails (not for memory) is redone uncompiled."""
+        try:
+            return self._accumulate_and_step()
+        except Exception as exc:
+            if not self.compiled or self._forward is self._eager_forward or memory.is_oom(exc):
+                raise
+            self.optimizer.zero_grad(set_to_none=True)
+            self._forward, self.compiled = self._eager_forward, False
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            self.emit("error", recovered=True, kind_of_error="compile",
+                      message=f"torch.compile failed ({type(exc).__name__}: {first}); training goes on uncompiled "
+                              "(pass compile=False to skip the attempt)")
+            return self._accumulate_and_step()
+
+    def _accumulate_and_step(self) -> tuple[float, int, float]:
+        """Forward/backward over the micro-batches, clip, step. One device-to-host read: loss and norm together."""
         import torch
 
         inputs, targets, weights, positions = self._step_batch(self.step)
-        total_weight = max(float(weights.sum()), 1.0)  # of the whole step, on every rank
+        total_weight = max(float(weights.sum()), 1.0)  # of the whole step, on every rank (numpy: no sync)
         lr = learning_rate(self.step, self.plan, self.config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -347,7 +448,8 @@ class Engine:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(loss_sum), int(weights.sum()), grad_norm
+        loss_value, norm_value = _read_together(loss_sum, grad_norm)
+        return loss_value, int(weights.sum()), norm_value
 
     def _gradient_sync(self, *, last: bool) -> Any:
         """Distributed: all-reduce gradients only after the step's last micro-batch."""
@@ -361,21 +463,29 @@ class Engine:
 
     def _micro_loss(self, inputs: np.ndarray, targets: np.ndarray, weights: np.ndarray,
                     positions: np.ndarray) -> Any:
-        """Sum over trained tokens of the cross-entropy (not yet normalised)."""
+        """Sum over trained tokens of the cross-entropy (not yet normalised); no device-to-host reads."""
         import torch
-        import torch.nn.functional as F
 
+        from nbtune.train import attention
+        from nbtune.train import loss as losses
+
+        if self.attention is None:  # evaluation before any training step
+            self._prepare_model()
         dev = self.lm.device.torch_device
         as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev, non_blocking=True)  # noqa: E731
+        kwargs = attention.model_kwargs(self.attention, attention.documents(positions), dev)
         dtype = self.lm.device.autocast_dtype
-        with torch.autocast(device_type=self.lm.device.type, dtype=dtype, enabled=dtype is not None):
-            forward = self._forward if self.lm.model.training else self.lm.model
-            logits = forward(input_ids=as_tensor(inputs), position_ids=as_tensor(positions), use_cache=False).logits
-        per_token = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), as_tensor(targets).reshape(-1),
-                                    reduction="none")
-        return (per_token * as_tensor(weights).reshape(-1)).sum()
+        forward = self._forward if self.lm.model.training else self._eager_forward
+        with torch.autocast(device_type=self.lm.device.type, dtype=dtype, enabled=dtype is not None), \
+                attention.use(self.lm.model, self.attention):
+            out = forward(input_ids=as_tensor(inputs), position_ids=as_tensor(positions), use_cache=False, **kwargs)
+            if self._head is not None:
+                return losses.fused_linear_cross_entropy(out.last_hidden_state, self._head.weight, self._head.bias,
+                                                         as_tensor(targets), as_tensor(weights))
+        return losses.chunked_cross_entropy(out.logits, as_tensor(targets), as_tensor(weights))
 
-    def _clip(self) -> float:
+    def _clip(self) -> Any:
+        """Clip the gradient norm; returns it as a tensor (read with the loss, once per step)."""
         import torch
 
         if self.scaler:
@@ -389,7 +499,7 @@ class Engine:
             from nbtune.train import distributed
 
             return distributed.plain_number(norm)
-        return float(norm)
+        return norm
 
     def _recover_from_oom(self, exc: BaseException) -> None:
         memory.release_after_oom(exc, self.optimizer)
@@ -441,15 +551,16 @@ class Engine:
         if len(self._val) == 0:
             return None
         n = min(len(self._val), self.config.eval_batches * self.plan.micro_batch)
-        total, weight = 0.0, 0.0
+        weight = float(self._val.weights[:n].sum())
         self.lm.model.eval()
         try:
             with torch.no_grad():
+                total = torch.zeros((), device=self.lm.device.torch_device)
                 for start in range(0, n, self.plan.micro_batch):
                     part = slice(start, min(start + self.plan.micro_batch, n))
-                    total += float(self._micro_loss(self._val.input_ids[part], self._val.targets[part],
-                                                    self._val.weights[part], self._val.position_ids[part]))
-                    weight += float(self._val.weights[part].sum())
+                    total += self._micro_loss(self._val.input_ids[part], self._val.targets[part],
+                                              self._val.weights[part], self._val.position_ids[part])
+                total = float(total)  # one read for the whole evaluation
         finally:
             self.lm.model.train()
         if weight == 0:
@@ -498,7 +609,7 @@ class Engine:
         if self.dist is None:
             path = ckpt.save_checkpoint(self.run_dir, self.step, loaded_model=self.lm, optimizer=self.optimizer,
                                         param_names=self.param_names, state=self.state(),
-                                        keep=self.config.keep_checkpoints)
+                                        keep=self.config.keep_checkpoints if self.prune_checkpoints else None)
         else:
             path = self._save_distributed()
         self.last_checkpoint = path
@@ -555,5 +666,6 @@ class Engine:
             self.optimizer.zero_grad(set_to_none=True)
         self.optimizer = None
         self.scaler = None
-        self._forward = self.lm.model
+        self._forward = self._eager_forward = self._head = None  # drop compiled graphs with the model's references
+        self.attention = None
         memory.release_after_oom(None)
