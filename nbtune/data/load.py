@@ -25,14 +25,17 @@ values that were not text, very long rows and exact duplicates.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import difflib
-import glob as globlib
+import fnmatch
 import io
 import json
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+import sys
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -130,17 +133,21 @@ class _Part:
     fetch: Callable[[list[str]], list[dict]] | None = None
 
 
-def _decode(data: bytes, path: str, encoding: str) -> str:
-    """File bytes as text; a bad byte is reported with its line and position."""
+def _decode(data: bytes, path: str, encoding: str, *, first_line: int = 1, offset: int = 0) -> str:
+    """File bytes as text; a bad byte is reported with its line and position.
+
+    `first_line` and `offset` say where `data` starts in the file (when a file
+    is decoded line by line).
+    """
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
+        line = data.count(b"\n", 0, exc.start) + first_line
         col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
         bad = data[exc.start : exc.start + 1].hex()
         raise DataError(
             f"contains bytes that are not valid {encoding} (byte 0x{bad} at byte {col} of the line, "
-            f"offset {exc.start} in the file)",
+            f"offset {offset + exc.start} in the file)",
             path=path,
             line=line,
             column=col,
@@ -212,15 +219,42 @@ def _normalise_items(items: list[Any], path: str | None, lines: Sequence[int] | 
 
 def _read_jsonl(text: str, path: str) -> _Part:
     """One JSON value per line; blank lines are skipped; errors give line and column."""
+    return _jsonl_part(enumerate(text.split("\n"), 1), path)
+
+
+def _file_lines(path: str, encoding: str) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a file read line by line: a big JSONL file is never one string in memory.
+
+    A byte that is not valid in `encoding` is reported with its line, its
+    position in the line and its offset in the file, as `_decode` does.
+    """
+    offset = 0
+    with open(path, "rb") as fh:  # read-only: never modify the user's files
+        for n, raw in enumerate(fh, 1):
+            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw, offset = raw[3:], 3
+            try:
+                yield n, raw.decode(encoding)
+            except UnicodeDecodeError as exc:
+                _decode(raw, path, encoding, first_line=n, offset=offset)  # raises with line and column
+                raise AssertionError(exc) from None  # pragma: no cover
+            except LookupError:
+                _decode(b"", path, encoding)  # raises "unknown encoding"
+            offset += len(raw)
+
+
+def _jsonl_part(numbered: Iterable[tuple[int, str]], path: str) -> _Part:
     loads = json.loads
     items: list[Any] = []
     lines: list[int] = []
-    for n, raw in enumerate(text.split("\n"), 1):
+    for n, raw in numbered:
         if not raw.strip():
             continue
         try:
             items.append(loads(raw))
-        except json.JSONDecodeError as exc:
+        except (RecursionError, ValueError) as exc:
+            if not isinstance(exc, json.JSONDecodeError):
+                raise _unparsable(exc, path, n) from None
             stripped = raw.strip()
             pretty = stripped in ("{", "[") or stripped.startswith('"') and stripped.endswith(",")
             fix = ("each line must hold one complete JSON object; this looks like one JSON document spread over "
@@ -230,9 +264,42 @@ def _read_jsonl(text: str, path: str) -> _Part:
                             fix=fix) from None
         lines.append(n)
     if not items:
-        raise _empty_file(path, "holds only blank lines")
+        raise _empty_file(path, "holds only whitespace")
     records, columns = _normalise_items(items, path, lines)
     return _Part(records, columns, path, lines, "jsonl")
+
+
+def _unparsable(exc: BaseException, path: str, line: int | None) -> DataError:
+    """A DataError for valid-looking JSON that Python cannot hold: nesting too deep or an integer too long."""
+    if isinstance(exc, RecursionError):
+        return DataError("the JSON is nested too deeply to read (hundreds of [ or { inside each other)",
+                         path=path, line=line,
+                         fix="rows must be flat records such as {\"text\": ...}; fix or delete this row")
+    return DataError(f"the JSON holds a number Python cannot read: {str(exc).split(';')[0]}", path=path, line=line,
+                     fix="store very long numbers as strings (in quotes), or delete this row")
+
+
+def _deep_line(text: str, limit: int = 500) -> int | None:
+    """Line where JSON nesting first goes deeper than `limit` (strings skipped); None if it never does."""
+    depth, line, in_str, escaped = 0, 1, False, False
+    for ch in text:
+        if ch == "\n":
+            line += 1
+        if in_str:
+            in_str = not (ch == '"' and not escaped)
+            escaped = ch == "\\" and not escaped
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return line
+        elif ch in "]}":
+            depth -= 1
+    return None
+
+
+_LONG_INT = re.compile(r"\d{%d,}" % (sys.get_int_max_str_digits() + 1 if hasattr(sys, "get_int_max_str_digits") else 4301))
 
 
 def _skip_ws(text: str, i: int) -> int:
@@ -288,6 +355,8 @@ def _read_json(text: str, path: str) -> _Part:
     """A JSON list of records, a {"data": [...]}-style object with one list, or a single record."""
     try:
         data = json.loads(text)
+    except RecursionError as exc:
+        raise _unparsable(exc, path, _deep_line(text)) from None
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data" and text.lstrip()[:1] in "{[":
             part = _read_jsonl(text, path)  # one object per line, saved as .json
@@ -295,6 +364,9 @@ def _read_json(text: str, path: str) -> _Part:
             return part
         raise DataError(f"the file is not valid JSON: {exc.msg}", path=path, line=exc.lineno, column=exc.colno,
                         fix="fix the JSON at this position (a missing comma or quote is the usual cause)") from None
+    except ValueError as exc:  # an integer longer than sys.get_int_max_str_digits()
+        m = _LONG_INT.search(text)
+        raise _unparsable(exc, path, text.count("\n", 0, m.start()) + 1 if m else None) from None
     start = _skip_ws(text, 0)
     note: dict = {}
     if isinstance(data, list):
@@ -425,17 +497,29 @@ def _read_plain(text: str, path: str, file_type: str, per_file: bool) -> _Part:
 
 
 def _read_parquet(path: str) -> _Part:
+    """The first rows (for format detection) now; later only the columns the format needs (`_Part.fetch`)."""
     import pyarrow.parquet as pq
 
+    def bad(exc: Exception) -> DataError:
+        return DataError(f"cannot be read as Parquet: {exc}", path=path,
+                         fix="re-export the file (it may be incomplete), or pass file_type= if it is another "
+                         "format")
+
     try:
-        table = pq.read_table(path)
+        pf = pq.ParquetFile(path)
+        sample = next(pf.iter_batches(batch_size=_SAMPLE_ROWS), None)
     except Exception as exc:  # pyarrow raises several types for a bad file
-        raise DataError(f"cannot be read as Parquet: {exc}", path=path,
-                        fix="re-export the file (it may be incomplete), or pass file_type= if it is another "
-                        "format") from None
-    if table.num_rows == 0:
+        raise bad(exc) from None
+    if pf.metadata.num_rows == 0 or sample is None:
         raise _empty_file(path, "has no rows")
-    return _Part(table.to_pylist(), list(table.column_names), path, None, "parquet")
+
+    def fetch(cols: list[str]) -> list[dict]:
+        try:
+            return pq.read_table(path, columns=cols).to_pylist()
+        except Exception as exc:
+            raise bad(exc) from None
+
+    return _Part(sample.to_pylist(), list(pf.schema_arrow.names), path, None, "parquet", fetch=fetch)
 
 
 def _normalise_file_type(file_type: str | None) -> str | None:
@@ -475,6 +559,10 @@ def _read_file(path: Path, file_type: str | None, encoding: str, per_file_text: 
         if path.stat().st_size == 0:
             raise _empty_file(name)
         return _read_parquet(name)
+    if ft == "jsonl" and _line_safe(encoding):
+        if path.stat().st_size == 0:
+            raise _empty_file(name)
+        return _jsonl_part(_file_lines(name, encoding), name)
     with open(path, "rb") as fh:  # read-only: never modify the user's files
         data = fh.read()
     text = _decode(data, name, encoding)
@@ -489,6 +577,15 @@ def _read_file(path: Path, file_type: str | None, encoding: str, per_file_text: 
     return _read_plain(text, name, ft, per_file_text)
 
 
+def _line_safe(encoding: str) -> bool:
+    """True if b"\\n" always ends a line in `encoding` (not UTF-16/32), so a file can be split into lines as bytes."""
+    try:
+        return codecs.lookup(encoding).name not in {"utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le",
+                                                    "utf-32-be"}
+    except LookupError:
+        return False
+
+
 # --------------------------------------------------------------------------- sources
 
 
@@ -496,17 +593,64 @@ def _is_hidden(rel: Path) -> bool:
     return any(part.startswith(".") or part == "__pycache__" for part in rel.parts)
 
 
-def _folder_files(folder: Path, file_type: str | None) -> list[Path]:
-    """Supported files inside `folder`, recursively and sorted; hidden files and folders are skipped."""
-    found, others = [], []
-    for p in sorted(folder.rglob("*")):
+def _walk_files(base: Path, follow_symlinks: bool) -> Iterator[tuple[Path, bool]]:
+    """(file, leaves_base) for every file under `base`, each real folder visited once.
+
+    Symlinked folders are entered only with `follow_symlinks`, and a folder
+    reached twice (a link to itself or to a parent) is not entered again, so
+    the walk ends on any tree of links. `leaves_base` is True for a file whose
+    real location is outside `base` (through a link to a file or a folder).
+    """
+    root = base.resolve()
+    seen: set[tuple[int, int]] = set()
+    files: set[Path] = set()
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=follow_symlinks):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            real = path.resolve()
+            if real in files:  # the same file again, through another link: read once
+                continue
+            files.add(real)
+            yield path, not real.is_relative_to(root)
+
+
+def _outside_error(links: list[Path], base: Path) -> DataError:
+    shown = ", ".join(str(p) for p in links[:3]) + (f" and {len(links) - 3} more" if len(links) > 3 else "")
+    return DataError(f"{len(links)} file(s) here are links to places outside {str(base)!r} ({shown}) and are not "
+                     "read", path=str(base),
+                     fix="pass follow_symlinks=True to read them, or copy the files into the folder")
+
+
+def _folder_files(folder: Path, file_type: str | None, follow_symlinks: bool = False) -> list[Path]:
+    """Supported files inside `folder`, recursively and sorted; hidden files and folders are skipped.
+
+    Files reached through a symlink that leaves the folder are read only with
+    `follow_symlinks` (a shared folder must not make nbtune read, and report,
+    files elsewhere on the machine); when only such files are there, the error says so.
+    """
+    found, others, outside = [], [], []
+    for p, leaves in _walk_files(folder, follow_symlinks):
         rel = p.relative_to(folder)
         if _is_hidden(rel) or not p.is_file():
             continue
-        if file_type or p.suffix.lower() in SUPPORTED_SUFFIXES:
-            found.append(p)
-        else:
+        if not (file_type or p.suffix.lower() in SUPPORTED_SUFFIXES):
             others.append(p)
+        elif leaves and not follow_symlinks:
+            outside.append(p)
+        else:
+            found.append(p)
+    if not found and outside:
+        raise _outside_error(outside, folder)
     if not found:
         seen = sorted({p.suffix or "(no extension)" for p in others})
         what = f"the folder has no supported data files (found {len(others)} other file(s)"
@@ -516,15 +660,54 @@ def _folder_files(folder: Path, file_type: str | None) -> list[Path]:
             fix=f"put {', '.join(SUPPORTED_SUFFIXES)} files in it, or pass file_type= to read the files as one "
             f"of {', '.join(map(repr, FILE_TYPES))}",
         )
-    return found
+    return sorted(found)
 
 
-def _glob_files(pattern: str) -> list[Path]:
-    """Files matching a glob pattern (** allowed), sorted; none is an error."""
-    matches = sorted(p for p in globlib.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
+def _glob_base(pattern: str) -> tuple[Path, str]:
+    """(the folder before the first wildcard, the rest of the pattern)."""
+    parts = PurePosixPath(pattern.replace(os.sep, "/")).parts
+    k = next(i for i, part in enumerate(parts) if any(ch in part for ch in "*?["))
+    base = Path(*parts[:k]) if k else Path(".")
+    return base, "/".join(parts[k:])
+
+
+def _glob_regex(rest: str) -> re.Pattern[str]:
+    """A regex for a relative glob: ** spans folders, * and ? stay in one name, [..] as in fnmatch."""
+    out = []
+    for i, part in enumerate(rest.split("/")):
+        last = i == len(rest.split("/")) - 1
+        if part == "**":
+            out.append("(?:[^/]+/)*" if not last else "(?:[^/]+/)*[^/]+")
+            continue
+        out.append(fnmatch.translate(part).replace("(?s:", "(?:").removesuffix(r"\Z").replace(".*", "[^/]*")
+                   + ("" if last else "/"))
+    return re.compile("".join(out) + r"\Z")
+
+
+def _glob_files(pattern: str, follow_symlinks: bool = False) -> list[Path]:
+    """Files matching a glob pattern (** allowed), sorted; none is an error.
+
+    The folders are walked by `_walk_files`, so ``**`` through links that point
+    at themselves ends, and files behind links that leave the pattern's base
+    folder are skipped unless `follow_symlinks`. As with `glob`, names starting
+    with "." match only a pattern part that starts with ".".
+    """
+    expanded = os.path.expanduser(pattern)
+    base, rest = _glob_base(expanded)
+    regex_ = _glob_regex(rest)
+    matches, outside = [], []
+    if base.is_dir():
+        for p, leaves in _walk_files(base, follow_symlinks):
+            rel = p.relative_to(base).as_posix()
+            hidden = any(n.startswith(".") for n in rel.split("/")) and "/." not in "/" + rest
+            if hidden or not regex_.match(rel) or not p.is_file():
+                continue
+            (outside if leaves and not follow_symlinks else matches).append(p)
+    if not matches and outside:
+        raise _outside_error(outside, base)
     if not matches:
-        base = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
-        folder = Path(base) if base.endswith(("/", os.sep)) else Path(base).parent
+        base_str = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+        folder = Path(base_str) if base_str.endswith(("/", os.sep)) else Path(base_str).parent
         folder = folder if str(folder) else Path(".")
         if folder.is_dir():
             names = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))[:10]
@@ -532,7 +715,46 @@ def _glob_files(pattern: str) -> list[Path]:
         else:
             fix = f"the folder {str(folder)!r} does not exist (working folder: {os.getcwd()}); check the path"
         raise DataError("the pattern matches no files", path=pattern, fix=fix)
-    return [Path(p) for p in matches]
+    return sorted(matches, key=str)
+
+
+_BIDI_CONTROLS = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def safe_file_name(name: str, taken: set[str] | None = None) -> str:
+    """A file name from outside (an upload) that is safe to create in a folder of ours, or a DataError.
+
+    Folders in the name are dropped (only the last part is kept). Names that
+    are empty, ``.`` or ``..``, or that hold NUL or other control characters or
+    bidirectional-text controls (which make ``txt.exe`` look like ``exe.txt``),
+    or that are longer than 255 bytes in UTF-8, are refused. `taken` (names
+    already used in the folder, compared case-insensitively, as macOS and
+    Windows do) gets the result added; a repeat becomes ``name (2).ext``.
+    """
+    base = re.split(r"[/\\]", name)[-1]
+    shown = ascii(name)
+    if base in ("", ".", ".."):
+        raise DataError(f"the upload name {shown} is not a file name", fix="rename the file and upload it again")
+    bad = [ch for ch in base if ch in _BIDI_CONTROLS or unicodedata.category(ch) == "Cc"]
+    if bad:
+        kinds = "bidirectional-text controls" if any(ch in _BIDI_CONTROLS for ch in bad) else "control characters"
+        raise DataError(f"the upload name {shown} holds {kinds} ({', '.join(sorted({ascii(c) for c in bad}))})",
+                        fix="rename the file with plain characters and upload it again")
+    if len(base.encode("utf-8")) > 255:
+        raise DataError(f"the upload name is {len(base.encode('utf-8'))} bytes long (at most 255)",
+                        fix="rename the file with a shorter name and upload it again")
+    if taken is None:
+        return base
+    stem, dot, suffix = base.rpartition(".") if "." in base.lstrip(".") else (base, "", "")
+    candidate, k = base, 1
+    while candidate.casefold() in taken:
+        k += 1
+        candidate = f"{stem} ({k}){dot}{suffix}"
+    if len(candidate.encode("utf-8")) > 255:
+        raise DataError(f"the upload name {shown} is used more than once and too long to number",
+                        fix="rename the files and upload them again")
+    taken.add(candidate.casefold())
+    return candidate
 
 
 def _missing_path(given: str) -> DataError:
@@ -702,7 +924,7 @@ def _file_parts(paths: list[Path], file_type: str | None, encoding: str, per_fil
 
 
 def _read_source(
-    source: Any, *, split: str | None, file_type: str | None, encoding: str
+    source: Any, *, split: str | None, file_type: str | None, encoding: str, follow_symlinks: bool = False
 ) -> tuple[list[_Part], dict, list[str]]:
     """Parts, origin and files read, for any supported kind of source."""
     type_name = f"{type(source).__module__}.{type(source).__name__}"
@@ -735,12 +957,12 @@ def _read_source(
         origin = {"kind": "path", "path": given, "paths": [str(path.resolve())], "file_type": ft, **parts[0].note}
         return parts, origin, [str(path.resolve())]
     if path.is_dir():
-        paths = _folder_files(path, file_type)
+        paths = _folder_files(path, file_type, follow_symlinks)
         parts = _file_parts(paths, file_type, encoding, per_file_text=True)
         files = [str(p.resolve()) for p in paths]
         return parts, {"kind": "folder", "path": given, "paths": files}, files
     if any(ch in given for ch in "*?["):
-        paths = _glob_files(given)
+        paths = _glob_files(given, follow_symlinks)
         parts = _file_parts(paths, file_type, encoding, per_file_text=True)
         files = [str(p.resolve()) for p in paths]
         return parts, {"kind": "glob", "pattern": given, "paths": files}, files
@@ -791,6 +1013,7 @@ def load_source(
     split: str | None = None,
     file_type: str | None = None,
     encoding: str = "utf-8",
+    follow_symlinks: bool = False,
 ) -> LoadedData:
     """Load `source` into the canonical schema, detecting its format (or using the overrides).
 
@@ -807,10 +1030,15 @@ def load_source(
     `text_column`, `format` and `mapping` override detection; `file_type`
     forces how files are parsed (e.g. a .log file as "txt"); `encoding` is the
     text encoding of the files (UTF-8 by default; a leading BOM is ignored).
+    A leading ``~`` is the home folder. In a folder or glob, files behind
+    symlinks that lead outside it are not read unless `follow_symlinks=True`
+    (a shared folder must not pull in files from elsewhere), and ``**``
+    through links that point back at a parent folder ends.
     Every problem raises `DataError` naming the file, line and what to do.
     """
     ft = _normalise_file_type(file_type)
-    parts, origin, files = _read_source(source, split=split, file_type=ft, encoding=encoding)
+    parts, origin, files = _read_source(source, split=split, file_type=ft, encoding=encoding,
+                                        follow_symlinks=follow_symlinks)
     first = parts[0]
     columns: list[str] = list(first.columns)
     for part in parts[1:]:

@@ -8,6 +8,7 @@ CSS classes named `nbtune-...` mark what tests (and users' own styling) hook on.
 from __future__ import annotations
 
 import datetime as _dt
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from nbtune.config import (
     TokenizerConfig,
     TrainConfig,
 )
+from nbtune.data import clean
+from nbtune.data.load import safe_file_name
 from nbtune.ui.app import Debouncer, ReportView
 from nbtune.ui.forms import ConfigForm, with_tooltip
 from nbtune.viz.html import STYLE, esc
@@ -118,12 +121,28 @@ class DataPanel(Panel):
                       then=self._loaded)
 
     def _save_uploads(self, files: list[tuple[str, bytes]]) -> Path:
-        """Write uploads into a fresh folder of the session (never over the user's files); return it."""
-        folder = self.session.workdir / "uploads" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, content in files:
-            (folder / Path(name).name).write_bytes(content)
-        return folder if len(files) > 1 else folder / Path(files[0][0]).name
+        """Write uploads into a fresh folder of the session (never over the user's files); return it.
+
+        Names are checked first (`safe_file_name`: no ``..``, NUL, bidi
+        controls, over-long names; repeats numbered), so a bad name writes
+        nothing. The upload widget is emptied afterwards either way, so the
+        bytes are not kept in the kernel and in the notebook's widget state.
+        """
+        try:
+            taken: set[str] = set()
+            names = [safe_file_name(name, taken) for name, _ in files]
+            folder = self.session.workdir / "uploads" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, (_, content) in zip(names, files, strict=True):
+                with open(folder / name, "xb") as fh:  # "x": never over an existing file
+                    fh.write(content)
+        finally:
+            self.clear_upload()
+        return folder if len(files) > 1 else folder / names[0]
+
+    def clear_upload(self) -> None:
+        """Empty the upload widget (its value holds every uploaded byte)."""
+        self.upload.value = {} if isinstance(self.upload.value, dict) else ()
 
     def do_split(self) -> None:
         self.jobs.run("splitting", lambda: self.session.split(**self.split.config().to_dict()),
@@ -154,18 +173,43 @@ class CleanPanel(Panel):
         self.apply = button("Apply to all rows", "nbtune-clean-apply", "Clean every row (the loaded rows are kept)",
                             "primary")
         self.undo = button("Undo", "nbtune-clean-undo", "Go back to the rows as loaded")
+        self.cancel = button("Cancel preview", "nbtune-clean-cancel", "Stop the preview that is running")
         self.view = ReportView("nbtune-clean-report", "Change a setting to preview what cleaning would do.")
+        self._stop = threading.Event()  # set to stop the preview that holds it (see clean.cancellable)
         self.preview.on_click(lambda _: self.do_preview())
+        self.cancel.on_click(lambda _: self.cancel_preview())
         self.apply.on_click(lambda _: self.do_apply())
         self.undo.on_click(lambda _: self.jobs.run("undoing cleaning", self.session.undo_clean, then=self.view.show))
         self.widget = widgets.VBox([note("The preview refreshes when a setting changes; nothing changes until "
                                          "'Apply to all rows'."), self.form.widget,
-                                    widgets.HBox([self.preview, self.apply, self.undo]), self.view.widget])
+                                    widgets.HBox([self.preview, self.apply, self.undo, self.cancel]),
+                                    self.view.widget])
 
     def do_preview(self) -> None:
+        """Preview the form's recipe; a preview still running for older settings stops at its next row."""
         if self.session.raw_dataset is not None:
-            self.jobs.run("previewing cleaning", lambda: self.session.preview_clean(self.form.config()),
-                          then=self.view.show, form=self.form, replace=True)
+            self._stop.set()
+            stop = self._stop = threading.Event()
+            self.jobs.run("previewing cleaning", lambda: self._preview(stop), then=self._show_preview, form=self.form,
+                          replace=True)
+
+    def _preview(self, stop: threading.Event) -> Any:
+        """The preview report, or None when it was cancelled (a newer preview or Cancel: not an error)."""
+        if stop.is_set():
+            return None
+        try:
+            with clean.cancellable(stop):
+                return self.session.preview_clean(self.form.config())
+        except clean.CleanCancelled:
+            return None
+
+    def _show_preview(self, report: Any) -> None:
+        if report is not None:  # a cancelled preview leaves the last report on screen
+            self.view.show(report)
+
+    def cancel_preview(self) -> None:
+        """Stop the running preview (the Cancel button)."""
+        self._stop.set()
 
     def do_apply(self) -> None:
         self.jobs.run("cleaning all rows", lambda: self.session.clean(self.form.config()), then=self.view.show,
@@ -274,6 +318,8 @@ class TrainPanel(Panel):
         self.bar.add_class("nbtune-train-progress")
         self.state = widgets.HTML("")
         self.state.add_class("nbtune-train-state")
+        self.problems = widgets.HTML("")  # what went wrong during the run and stays on screen (a failed listener)
+        self.problems.add_class("nbtune-train-problems")
         self.chart = embedded_live_chart()
         self.followed: str | None = None  # the run id the chart and bar follow (view state only)
         self.start.on_click(lambda _: self.do_start())
@@ -281,7 +327,7 @@ class TrainPanel(Panel):
         self.stop.on_click(lambda _: self._control("stopping", lambda run: run.stop()))
         self.resume.on_click(lambda _: self.do_resume())
         self.widget = widgets.VBox([self.form.widget, widgets.HBox([self.start, self.pause, self.resume, self.stop]),
-                                    widgets.HBox([self.bar, self.state]), self.chart.widget])
+                                    widgets.HBox([self.bar, self.state]), self.problems, self.chart.widget])
         self._set_buttons("created")
 
     # ---------------------------------------------------------- actions
@@ -321,6 +367,7 @@ class TrainPanel(Panel):
         if event.kind == "run_start" and self.followed != event.run_id:
             self.followed = event.run_id
             self.chart.reset()
+            self.problems.value = ""
         self.chart(event)
         if event.kind == "run_start":
             self.bar.max = max(1, event.data["plan"]["total_steps"])
@@ -342,6 +389,9 @@ class TrainPanel(Panel):
         elif event.kind == "error":
             advice = event.data.get("advice")
             self._say(event.data.get("message", "error") + (f" — {advice}" if advice else ""))
+            if event.data.get("kind_of_error") == "listener" or not event.data.get("recovered"):
+                self.problems.value += (f'<div style="font-family:system-ui;font-size:13px;color:#b45309">⚠ step '
+                                        f'{event.step}: {esc(event.data.get("message", "error"))}</div>')
 
     def _checkpoint_text(self) -> str:
         run = self.session.run
