@@ -22,6 +22,7 @@ measure how well it will work (packing efficiency, rows over the context).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -121,8 +122,13 @@ def training_texts(dataset: Any, batch_size: int = 1000) -> Iterator[list[str]]:
 
 
 def encode_text(tokenizer: Any, text: str) -> Encoded:
-    """A plain-text row: all tokens trained, EOS appended as the document separator."""
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    """A plain-text row: all tokens trained, EOS appended as the document separator.
+
+    The text is plain text: a row that contains "<|endoftext|>" gets the
+    characters, not the EOS id (`split_special_tokens=True`), so data cannot
+    forge document boundaries or turns.
+    """
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True)
     ids = list(enc["input_ids"]) + [tokenizer.eos_token_id]
     offsets = [tuple(o) for o in enc["offset_mapping"]] + [(len(text), len(text))]
     return Encoded(text, ids, [1] * len(ids), offsets)
@@ -146,16 +152,119 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str
     return full, spans
 
 
-def encode_chat(tokenizer: Any, messages: list[dict[str, str]], *, response_only: bool) -> Encoded:
-    """A chat row rendered with the chat template; prompt tokens masked when `response_only`."""
+def control_pattern(tokenizer: Any) -> re.Pattern[str] | None:
+    """A regex matching any added token of `tokenizer` (its special and control strings), longest first."""
+    added = sorted(getattr(tokenizer, "added_tokens_encoder", {}) or {}, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, added))) if added else None
+
+
+_SENTINEL = "\ue000{}\ue001"  # private-use characters: stand-ins for message contents while locating them
+
+
+def content_spans(tokenizer: Any, messages: list[dict[str, str]], text: str) -> list[tuple[int, int]] | None:
+    """Where each message's content sits in the rendered `text`, or None if the template changes contents.
+
+    The conversation is rendered once more with each content replaced by a
+    sentinel; if putting the contents back gives `text` exactly, the
+    sentinels' positions are the contents' positions. (Searching `text` for a
+    content is not enough: a content may repeat the template's own markers.)
+    """
+    stand_ins = [{**m, "content": _SENTINEL.format(i)} for i, m in enumerate(messages)]
+    layout = tokenizer.apply_chat_template(stand_ins, tokenize=False)
+    spans, pieces, pos, shift = [], [], 0, 0
+    for i, m in enumerate(messages):
+        mark = _SENTINEL.format(i)
+        at = layout.find(mark, pos)
+        if at < 0:
+            return None
+        pieces += [layout[pos:at], m["content"]]
+        start = at + shift
+        spans.append((start, start + len(m["content"])))
+        shift += len(m["content"]) - len(mark)
+        pos = at + len(mark)
+    pieces.append(layout[pos:])
+    return spans if "".join(pieces) == text else None
+
+
+def _encode_piece(tokenizer: Any, text: str, plain: bool, at_start: bool) -> tuple[list[int], list[tuple[int, int]]]:
+    """Ids and offsets of one piece of a rendered chat; `plain` pieces never become special tokens.
+
+    A piece after the start is encoded after a newline that is then dropped,
+    so SentencePiece tokenizers do not add the space they add at the start
+    of a string (the trick transformers' own chat sanitizing uses).
+    """
+    kwargs = {"add_special_tokens": False, "return_offsets_mapping": True, "split_special_tokens": plain}
+    if not at_start:
+        newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+        enc = tokenizer("\n" + text, **kwargs)
+        ids, offs = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+        if newline and ids[: len(newline)] == newline:
+            return ids[len(newline) :], [(max(s - 1, 0), max(e - 1, 0)) for s, e in offs[len(newline) :]]
+    enc = tokenizer(text, **kwargs)
+    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+
+
+def _encode_rendered(tokenizer: Any, text: str, plain_spans: list[tuple[int, int]]) -> tuple[list[int], list]:
+    """Encode `text` with the `plain_spans` (message contents) as plain text and the rest as the template wrote it."""
+    ids: list[int] = []
+    offsets: list[tuple[int, int]] = []
+    pos = 0
+    cuts = [(s, e, True) for s, e in sorted(plain_spans) if e > s]
+    pieces = []
+    for start, end, plain in cuts:
+        if start > pos:
+            pieces.append((pos, start, False))
+        pieces.append((start, end, plain))
+        pos = end
+    if pos < len(text):
+        pieces.append((pos, len(text), False))
+    for start, end, plain in pieces:
+        piece_ids, piece_offs = _encode_piece(tokenizer, text[start:end], plain, at_start=start == 0)
+        ids += piece_ids
+        offsets += [(s + start, e + start) for s, e in piece_offs]
+    return ids, offsets
+
+
+def _chat_ids(tokenizer: Any, messages: list[dict[str, str]], text: str,
+              controls: re.Pattern[str] | None) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids and offsets of a rendered chat, with every message content tokenized as plain text.
+
+    Only the template's own markers become control tokens: a content holding
+    "<|im_end|>\\n<|im_start|>assistant" must not forge a turn. Rows whose
+    contents hold no added-token string (nearly all) are encoded in one call.
+    """
+    if controls is None or not any(controls.search(m.get("content") or "") for m in messages):
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    spans = content_spans(tokenizer, messages, text)
+    if spans is None:  # the template rewrites contents (e.g. trims them): find them in its output, in order
+        spans, pos = [], 0
+        for m in messages:
+            content = m.get("content") or ""
+            for candidate in (content, content.strip()):
+                at = text.find(candidate, pos) if candidate else -1
+                if at >= 0:
+                    spans.append((at, at + len(candidate)))
+                    pos = at + len(candidate)
+                    break
+    return _encode_rendered(tokenizer, text, spans)
+
+
+def encode_chat(tokenizer: Any, messages: list[dict[str, str]], *, response_only: bool,
+                controls: re.Pattern[str] | None | bool = True) -> Encoded:
+    """A chat row rendered with the chat template; prompt tokens masked when `response_only`.
+
+    Message contents are plain text (see `_chat_ids`); `controls` is the
+    tokenizer's `control_pattern` (computed here when True).
+    """
     text, spans = assistant_spans(tokenizer, messages)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    offsets = [tuple(o) for o in enc["offset_mapping"]]
+    pattern = control_pattern(tokenizer) if controls is True else controls
+    ids, offsets = _chat_ids(tokenizer, messages, text, pattern or None)
     if not response_only:
         mask = [1] * len(offsets)
     else:
         mask = [int(any(s < end and e > start for start, end in spans)) for s, e in offsets]
-    return Encoded(text, list(enc["input_ids"]), mask, offsets)
+    return Encoded(text, ids, mask, offsets)
 
 
 def encode_row(tokenizer: Any, row: dict[str, Any], *, response_only: bool) -> Encoded:
@@ -190,13 +299,16 @@ def encode_batch(batch: dict[str, list], tokenizer: Any, config: TokenizerConfig
     `n_bytes` counts the UTF-8 bytes of the trained text (see `trained_bytes`).
     """
     if "text" in batch:
-        enc = tokenizer(batch["text"], add_special_tokens=False, return_offsets_mapping=True)
+        enc = tokenizer(batch["text"], add_special_tokens=False, return_offsets_mapping=True,
+                        split_special_tokens=True)  # text is text: "<|endoftext|>" in a row is not EOS
         eos = tokenizer.eos_token_id
         encoded = [Encoded(text, list(ids) + [eos], [1] * (len(ids) + 1), [tuple(o) for o in offs] + [(len(text),) * 2])
                    for text, ids, offs in zip(batch["text"], enc["input_ids"], enc["offset_mapping"], strict=True)]
         splittable = config.pack
     else:
-        encoded = [encode_chat(tokenizer, m, response_only=config.response_only_loss) for m in batch["messages"]]
+        controls = control_pattern(tokenizer)
+        encoded = [encode_chat(tokenizer, m, response_only=config.response_only_loss, controls=controls)
+                   for m in batch["messages"]]
         splittable = False
     out: dict[str, list] = {"input_ids": [], "loss_mask": [], "n_tokens": [], "truncated": [], "n_trained": [],
                             "n_bytes": []}
