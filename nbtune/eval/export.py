@@ -32,6 +32,7 @@ import copy
 import datetime as _dt
 import gc
 import json
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -71,6 +72,42 @@ def _check_target(directory: str | Path, lm: Any) -> Path:
                           "whole folder, so nbtune will not write here", path=target, column="directory",
                           fix="pick a new folder name, or empty or delete this folder yourself first")
     return target
+
+
+_EXPORT_SUFFIXES = {".safetensors", ".json", ".jinja", ".model"}  # what exports wrote before they listed their files
+
+
+def _user_files(target: Path) -> list[str]:
+    """Files in an earlier export folder that the export did not write (relative, posix): the user's to keep.
+
+    Exports list the files they wrote in export.json; for an older export
+    without that list, model, tokenizer and config files (by suffix) count as
+    the export's and everything else as the user's.
+    """
+    record_path = target / EXPORT_FILE
+    if not record_path.is_file():
+        return []
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = {}
+    written = set(record.get("files") or []) if isinstance(record, dict) else set()
+    have = sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file() or p.is_symlink())
+    if written:
+        return [f for f in have if f not in written and f != EXPORT_FILE]
+    return [f for f in have if Path(f).suffix not in _EXPORT_SUFFIXES and f != "merges.txt"]
+
+
+def _keep_user_files(source: Path, tmp: Path, names: list[str]) -> None:
+    """Copy the user's files from the old export into the new one; a name the export now writes is refused."""
+    clash = [name for name in names if (tmp / name).exists()]
+    if clash:
+        raise ConfigError(f"the export folder holds files you added whose names the export writes itself: "
+                          f"{', '.join(clash)}", path=source, column="directory",
+                          fix="move or rename these files, or export into a new folder")
+    for name in names:
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / name, tmp / name, follow_symlinks=False)
 
 
 # --- tokenizer ------------------------------------------------------------------------------------------------------
@@ -345,13 +382,21 @@ def export_model(loaded_model: Any, directory: str | Path, *, merge: bool | None
         notes.append(f"merged into the base reloaded in full precision from {base_name} (not into its "
                      f"{'4' if lm.method == 'qlora' else '8'}-bit training copy)")
 
+    keep = _user_files(target)
+    if keep:
+        notes.append(f"kept {len(keep)} file(s) you added to the folder: {', '.join(keep[:10])}"
+                     + (" ..." if len(keep) > 10 else ""))
+
     def build(tmp: Path) -> None:
         _save_model(merged if merged is not None else lm.model, tmp, adapter=kind == "adapter")
         export_tok.save_pretrained(str(tmp))
+        written = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+        _keep_user_files(target, tmp, keep)  # a re-export replaces the folder: what the user added comes along
         (tmp / EXPORT_FILE).write_text(json.dumps({
             "kind": kind, "method": lm.method, "source": lm.source, "base": base_name,
             "chat_template": bool(getattr(export_tok, "chat_template", None)),
             "exported": _dt.datetime.now().isoformat(timespec="seconds"),
+            "files": written,
         }, indent=2, default=str) + "\n", encoding="utf-8")
         _readable(tmp)
         pickles = [p.name for p in tmp.rglob("*") if p.suffix in PICKLE_SUFFIXES]

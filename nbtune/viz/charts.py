@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from nbtune.viz.html import plot_label
+
 BLUE = "#3a6fd8"
 ORANGE = "#e8833a"
 GREY = "#8c959f"
@@ -38,7 +40,8 @@ def _bar_trace(values: Sequence[float], edges: np.ndarray, name: str, color: str
     arr = np.clip(np.asarray(values, dtype=float), edges[0], edges[-1])
     counts, _ = np.histogram(arr, bins=edges)
     centers = (edges[:-1] + edges[1:]) / 2
-    labels = [f"{lo:,.0f}–{hi:,.0f} {unit}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    labels = [f"{lo:,.0f}–{hi:,.0f} {plot_label(unit)}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    name = plot_label(name)
     return _go().Bar(
         x=centers, y=counts, width=np.diff(edges), name=name, marker_color=color, opacity=0.75,
         customdata=labels, hovertemplate="%{customdata}<br>%{y:,} rows<extra>" + name + "</extra>",
@@ -47,7 +50,7 @@ def _bar_trace(values: Sequence[float], edges: np.ndarray, name: str, color: str
 
 def _layout(fig: Any, title: str, x_title: str, y_title: str = "rows") -> Any:
     fig.update_layout(
-        title=title, xaxis_title=x_title, yaxis_title=y_title, barmode="overlay", bargap=0.02,
+        title=plot_label(title), xaxis_title=plot_label(x_title), yaxis_title=plot_label(y_title), barmode="overlay", bargap=0.02,
         template="plotly_white", height=320, margin=dict(l=60, r=20, t=50, b=50),
         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
     )
@@ -98,7 +101,7 @@ def training_curves(steps: Sequence[dict], evals: Sequence[dict], *, title: str 
             x=[r["step"] for r in evals], y=[r["eval_loss"] for r in evals], mode="lines+markers",
             name="validation loss", line=dict(color=ORANGE, width=2), marker=dict(size=7),
             hovertemplate="step %{x}<br>validation loss %{y:.4f}<extra></extra>"))
-    fig.update_layout(title=title, xaxis_title="optimizer step", yaxis_title="loss (nats per token)",
+    fig.update_layout(title=plot_label(title), xaxis_title="optimizer step", yaxis_title="loss (nats per token)",
                       template="plotly_white", height=340, margin=dict(l=60, r=20, t=50, b=50),
                       legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
     return fig
@@ -131,7 +134,7 @@ def live_training_figure(steps: Sequence[dict], evals: Sequence[dict], *, title:
     fig.update_yaxes(title_text="tokens/s", rangemode="tozero", row=2, col=1)
     fig.update_yaxes(title_text="lr", showgrid=False, exponentformat="e", row=2, col=1, secondary_y=True)
     fig.update_xaxes(title_text="optimizer step", row=2, col=1)
-    fig.update_layout(title=title, template="plotly_white", height=460, margin=dict(l=60, r=60, t=60, b=50),
+    fig.update_layout(title=plot_label(title), template="plotly_white", height=460, margin=dict(l=60, r=60, t=60, b=50),
                       legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1.0))
     return fig
 

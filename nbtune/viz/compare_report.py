@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nbtune.models.card import human_bytes
-from nbtune.viz.html import bullet_list, esc, table
+from nbtune.viz.html import bullet_list, esc, plot_label, table
 from nbtune.viz.report import Report
 
 PALETTE = ("#3a6fd8", "#e8833a", "#2da44e", "#cf222e", "#8250df", "#bf8700", "#1b7c83", "#8c959f")
@@ -46,11 +46,6 @@ def _go() -> Any:
     import plotly.graph_objects as go
 
     return go
-
-
-def plot_label(text: Any) -> str:
-    """User text made inert for plotly labels (plotly.js renders a few HTML tags and decodes entities)."""
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def overlay_figure(series: Sequence[Mapping[str, Any]], *, metric: str, axis: str) -> Any:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from nbtune.viz.charts import BLUE, GREY, ORANGE
+from nbtune.viz.html import plot_label
 
 COLORS = (BLUE, ORANGE, "#2da44e", "#8250df", GREY, "#cf222e")
 
@@ -46,14 +47,15 @@ def example_histogram(series: Sequence[tuple[str, Sequence[float]]], *, x_title:
     fig = go.Figure()
     for i, (name, values) in enumerate(clean):
         counts, _ = np.histogram(np.clip(values, edges[0], edges[-1]), bins=edges)
+        name = plot_label(name)  # model and session names come from the user
         fig.add_trace(go.Bar(x=centers, y=counts, width=np.diff(edges), name=name, marker_color=COLORS[i % len(COLORS)],
                              opacity=0.75 if len(clean) > 1 else 0.9, customdata=labels,
-                             hovertemplate="%{customdata}<br>%{y:,} rows<extra>" + name.replace("<", "&lt;") +
+                             hovertemplate="%{customdata}<br>%{y:,} rows<extra>" + name +
                                            "</extra>"))
     for i, value in enumerate(overall):
         if value is not None and math.isfinite(value):
             fig.add_vline(x=value, line_dash="dash", line_color=COLORS[i % len(COLORS)], line_width=1.5)
-    fig.update_layout(title=title, xaxis_title=f"{x_title} (last bar includes higher values)", yaxis_title="rows",
+    fig.update_layout(title=plot_label(title), xaxis_title=f"{x_title} (last bar includes higher values)", yaxis_title="rows",
                       barmode="overlay", bargap=0.02, template="plotly_white", height=320,
                       margin=dict(l=60, r=20, t=50, b=50), showlegend=len(clean) > 1,
                       legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))

@@ -41,6 +41,16 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+def plot_label(text: Any) -> str:
+    """User text made inert for plotly labels: legend names, hover text, titles.
+
+    plotly.js renders a few HTML tags (<b>, <br>, <a href>...) and decodes
+    entities in these strings, so a run or series named ``<a href=...>`` would
+    be a link; escaped, it shows as typed.
+    """
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def shorten(text: str, limit: int = 300) -> str:
     """Cut long text for a table cell, saying how much was cut."""
     if len(text) <= limit:
