@@ -1141,7 +1141,10 @@ class Session:
                 raise StageOrderError("this Session saves nothing (Session.in_memory); open the folder with "
                                       "nbtune.Session(folder) to save there")
             with self._holding.save_lock:
-                return self._store.commit(self.state(), self._writes(data))
+                path = self._store.commit(self.state(), self._writes(data))
+            if self._opened_note.startswith("new"):
+                self._opened_note = "new project, saved in this folder"
+            return path
 
     def _writes(self, data: tuple[str, ...]) -> dict[str, Any]:
         """name -> a folder builder for each named item in memory, None for each saved item no longer in memory."""

@@ -282,13 +282,14 @@ def test_the_app_says_when_it_runs_actions_in_the_foreground(tmp_path):
     assert background.widget.children[1].value == ""
 
 
-def test_core_never_imports_widgets():
+def test_core_never_imports_widgets(tmp_path):
     import subprocess
     import sys
 
     code = ("import sys, nbtune; s = nbtune.Session('x', autosave=False); import nbtune.session, nbtune.viz.live;"
             "print('ipywidgets' in sys.modules)")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path).stdout
+    assert out.strip() == "False"
 
 
 def wait_for(condition, timeout: float = 60.0):
