@@ -662,19 +662,7 @@ class Session:
         the folder is created exclusively, so a new run never writes into an old one.
         """
         taken = [self._run_dir(r).name for r in self.runs] + [r["id"] for r in self.runs]
-        runs_dir = self.workdir / "runs"
-        if runs_dir.is_dir():
-            taken += [p.name for p in runs_dir.iterdir()]
-        numbers = [int(m.group(1)) for name in taken if (m := re.match(r"^run-(\d+)-", name))]
-        number = max(numbers, default=0) + 1
-        runs_dir.mkdir(parents=True, exist_ok=True)
-        while True:
-            run_id = f"run-{number:03d}-{method}"
-            try:
-                (runs_dir / run_id).mkdir()
-                return run_id
-            except FileExistsError:
-                number += 1
+        return _new_numbered_folder(self.workdir / "runs", "run", method, taken=taken).name
 
     def _write_run_file(self, record: dict[str, Any]) -> None:
         """`runs/<id>/run.json`: everything needed to understand or compare the run without the session."""
@@ -1099,10 +1087,11 @@ class Session:
         if len(val) == 0:
             raise DataError("the lab needs held-out rows, and the validation split is empty",
                             fix="s.split(validation_fraction=0.1) (or load more rows)")
-        result = run_lab(train, val, settings, workdir=self.workdir / "lab", chat=self.format != "text")
+        folder = _new_numbered_folder(self.workdir / "lab", "lab")
+        result = run_lab(train, val, settings, workdir=folder, chat=self.format != "text")
         report = LabReport(result)
         self.reports["lab"] = report
-        atomic_write_json(self.workdir / "lab" / "result.json", {
+        atomic_write_json(folder / "result.json", {
             "config": settings.to_dict(), "target_bpb": result.target_bpb, "seconds": result.seconds,
             "arms": [{k: v for k, v in a.__dict__.items()} for a in result.arms]})
         return report
@@ -1311,6 +1300,25 @@ def _writer(name: str, value: Any) -> Callable[[Path], None]:
     if name == "tokenizer":
         return lambda folder: value.save_pretrained(str(folder))
     return lambda folder: value.save_to_disk(str(folder))
+
+
+def _new_numbered_folder(parent: Path, prefix: str, suffix: str = "", *, taken: list[str] = ()) -> Path:
+    """Create parent/<prefix>-NNN[-suffix]/ with a number above every one in use (on disk or in `taken`).
+
+    The folder is made exclusively, so two calls can never share one: a re-run
+    never writes into what an earlier run wrote.
+    """
+    pattern = re.compile(rf"^{re.escape(prefix)}-(\d+)(?:-|$)")
+    names = [*taken, *(p.name for p in parent.iterdir())] if parent.is_dir() else list(taken)
+    number = max((int(m.group(1)) for name in names if (m := pattern.match(name))), default=0) + 1
+    parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        folder = parent / (f"{prefix}-{number:03d}" + (f"-{suffix}" if suffix else ""))
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            number += 1
 
 
 def _run_order(folder: Path) -> tuple[int, str]:

@@ -26,7 +26,8 @@ def test_lab_end_to_end_on_tiny_models(tmp_path, tiny_pretrained, counting_down_
     for words in ("Data:", "Compute:", "Starting point:", "Purpose:", "FLOPs to target"):
         assert words in html
     assert len(report.figures()) == 2 and len(report.figures()[0].data) == 4
-    assert (s.workdir / "lab" / "result.json").exists()
+    assert (s.workdir / "lab" / "lab-001" / "result.json").exists()  # each lab() gets its own folder
+    assert all(arm.run_dir.startswith(str(s.workdir / "lab" / "lab-001")) for arm in arms)
 
 
 def test_reaching_a_target_is_interpolated():
