@@ -563,6 +563,21 @@ def redact(text: str, found: Sequence[tuple[str, str]], *, where: bool = False) 
     return mask_pii("".join(out))
 
 
+_NO_ANGLES = str.maketrans("<>", "  ")
+
+
+def redact_raw(text: str) -> str:
+    """`text` as loaded (not cleaned), with anything mask_pii would mask hidden, for a report to show.
+
+    Markup is blanked for the search only (``<b>a@b.co</b>`` hides the address
+    from mask_pii's look-behind), then the values found are hidden in the
+    original text by `redact`.
+    """
+    found: list[tuple[str, str]] = []
+    mask_pii(text.translate(_NO_ANGLES), found)
+    return redact(text, found)
+
+
 # --------------------------------------------------------------------------- per-row filters
 
 

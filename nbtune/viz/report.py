@@ -9,6 +9,7 @@ renderer (which works in JupyterLab, Colab and VS Code alike).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import os
 from collections.abc import Iterable
@@ -62,6 +63,23 @@ def _plotly_js() -> str:
     return get_plotlyjs()
 
 
+def _masked(reports: list[tuple[str, Report]]) -> list[tuple[str, Report]]:
+    """With mask_pii in the cleaning recipe, the loaded-data sample in the file is masked too.
+
+    The HTML file is what gets shared; the rows as loaded must not bring back
+    what cleaning masked. (`redact_raw`: values are hidden, markup kept.)
+    """
+    from nbtune.viz.data_reports import CleanReport, LoadReport
+
+    masking = any(isinstance(r, CleanReport) and any(st.name == "mask_pii" for st in r.steps) for _, r in reports)
+    if not masking:
+        return reports
+    from nbtune.data.clean import redact_raw
+
+    return [(h, dataclasses.replace(r, sample=[(i, redact_raw(t)) for i, t in r.sample])
+             if isinstance(r, LoadReport) else r) for h, r in reports]
+
+
 def write_html_report(path: str | os.PathLike, title: str, reports: Iterable[tuple[str, Report]]) -> Path:
     """Write one self-contained HTML file (plotly.js embedded, works offline); return its path.
 
@@ -81,7 +99,7 @@ def write_html_report(path: str | os.PathLike, title: str, reports: Iterable[tup
         f"<h1 style='font-family:system-ui'>{esc(title)}</h1>",
         f"<p class='nbt muted'>Written by nbtune on {esc(stamp)}.</p>",
     ]
-    for heading, report in reports:
+    for heading, report in _masked(list(reports)):
         parts.append(f"<h2>{esc(heading)}</h2>")
         parts.append(report._html_without_figures())
         parts.extend(figure_html(fig) for fig in report.figures())
