@@ -36,10 +36,10 @@ from __future__ import annotations
 import bisect
 import contextvars
 import hashlib
-import threading
 import html
 import ipaddress
 import re
+import threading
 import time
 import unicodedata
 from collections import Counter

@@ -299,7 +299,8 @@ def _deep_line(text: str, limit: int = 500) -> int | None:
     return None
 
 
-_LONG_INT = re.compile(r"\d{%d,}" % (sys.get_int_max_str_digits() + 1 if hasattr(sys, "get_int_max_str_digits") else 4301))
+_INT_DIGITS = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 4300
+_LONG_INT = re.compile(r"\d{" + str(_INT_DIGITS + 1) + ",}")  # longer than int() accepts: a ValueError in json
 
 
 def _skip_ws(text: str, i: int) -> int:
