@@ -132,8 +132,12 @@ def _data_section(session: Any, data: str) -> tuple[list[dict[str, Any]], bool]:
     return entries, False  # type: ignore[return-value]
 
 
-def _write_rows(dataset: Any, path: Path) -> None:
-    """The loaded rows, in row-id order, one canonical JSON object a line (text or messages)."""
+def _write_rows(dataset: Any, path: Path, clean: Any = None) -> None:
+    """The loaded rows, in row-id order, one canonical JSON object a line (text or messages).
+
+    With a cleaning recipe that masks PII, each row is written as the recipe's transforms leave it (masked),
+    never the original: the transforms are idempotent, so the recipe's cleaning gives the same rows again.
+    """
     from nbtune.data import column
 
     row_ids = column(dataset, "row_id")
@@ -141,7 +145,12 @@ def _write_rows(dataset: Any, path: Path) -> None:
         raise DataError("the loaded rows' ids are not 0..n-1, so a copy would not keep the train/validation split",
                         fix="load the data again (s.load(...)) and export the recipe right after")
     name = "text" if "text" in dataset.column_names else "messages"
-    lines = (json.dumps({name: value}, ensure_ascii=False) for value in column(dataset, name))
+    values = column(dataset, name)
+    if clean is not None and clean.mask_pii:
+        from nbtune.data.clean import transform_rows
+
+        values = transform_rows(values, clean, name)
+    lines = (json.dumps({name: value}, ensure_ascii=False) for value in values)
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -210,7 +219,7 @@ def export_recipe(session: Any, target: Path, *, data: str = "auto", strategy: s
     else:
         shutil.rmtree(target / TOKENIZER_DIR, ignore_errors=True)
     if copy:
-        _write_rows(session.raw_dataset, target / ROWS_FILE)
+        _write_rows(session.raw_dataset, target / ROWS_FILE, session.clean_config if session.clean_applied else None)
     else:
         (target / ROWS_FILE).unlink(missing_ok=True)
     atomic_write_text(target / "train.py", ENTRY_SCRIPT)
@@ -248,29 +257,41 @@ def _load_source(session: Any, entry: dict[str, Any], folder: Path, append: bool
                      file_type=entry.get("file_type"), split=entry.get("split"), append=append)
 
 
-def build_session(folder: Path, workdir: Path) -> Any:
-    """Every stage of the recipe, replayed into a Session that writes nothing (autosave off)."""
+def build_session(folder: Path, workdir: Path, *, trust_remote_code: bool = False,
+                  allow_pickle: bool = False) -> Any:
+    """Every stage of the recipe, replayed into a Session that writes nothing (autosave off).
+
+    recipe.json never grants trust by itself: a model or tokenizer it names with trust_remote_code or
+    allow_pickle is loaded only when the caller passes the same flag (train.py --trust-remote-code).
+    """
     from nbtune.config import CleanConfig, PretrainedModelConfig, ScratchModelConfig, TokenizerConfig
-    from nbtune.session import Session
+    from nbtune.session import Session, check_trust
 
     recipe = read_recipe(folder)
-    session = Session.in_memory(workdir)
+    path = Path(folder) / RECIPE_FILE
+    granted = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
+    model = recipe["model"]
+    for section, what in ((recipe["tokenizer"]["config"], "recipe.json's tokenizer settings"),
+                          (model.get("config") or {}, "recipe.json's model settings")):
+        check_trust(section, granted, what=what, where=path,
+                    how=lambda flags: "add " + " ".join("--" + f.replace("_", "-") for f in flags) + " to train.py "
+                    "(run_recipe(..., " + ", ".join(f"{f}=True" for f in flags) + ") from Python)")
+    session = Session.in_memory(workdir, **granted)
     for i, entry in enumerate(recipe["data"]["sources"]):
         _load_source(session, entry, folder, append=i > 0)
     session.split(**recipe["split"])
     if recipe["clean"] is not None:
-        session.clean(CleanConfig.from_dict(recipe["clean"]))
-    settings = TokenizerConfig.from_dict(recipe["tokenizer"]["config"])
-    model = recipe["model"]
+        session.clean(CleanConfig.from_dict(recipe["clean"], path=path))
+    settings = TokenizerConfig.from_dict(recipe["tokenizer"]["config"], path=path)
     if model["kind"] == "scratch":
         from nbtune.data.tokens import load_pretrained_tokenizer
 
         tokenizer = load_pretrained_tokenizer(str(folder / recipe["tokenizer"]["folder"]))
         session._tokenize_with(tokenizer, "the recipe's tokenizer", settings)
-        session.new_model(ScratchModelConfig.from_dict(model["config"]))
+        session.new_model(ScratchModelConfig.from_dict(model["config"], path=path))
     else:
         session.tokenizer_config = settings  # use_model re-tokenizes with the model's own tokenizer
-        session.use_model(config=PretrainedModelConfig.from_dict(model["config"]))
+        session.use_model(config=PretrainedModelConfig.from_dict(model["config"], path=path))
     return session
 
 
@@ -357,8 +378,11 @@ def _strategy(recipe: dict[str, Any], flag: str | None) -> str | None:
 
 def run_recipe(folder: str | Path, *, out: str | Path | None = None, run_id: str | None = None,
                steps: int | None = None, resume: bool = False, strategy: str | None = None,
-               progress: bool = True) -> str:
-    """Train a recipe in this process, as one rank of a torchrun / accelerate job or alone; returns the status."""
+               progress: bool = True, trust_remote_code: bool = False, allow_pickle: bool = False) -> str:
+    """Train a recipe in this process, as one rank of a torchrun / accelerate job or alone; returns the status.
+
+    `trust_remote_code` / `allow_pickle`: allow what recipe.json's model asks for (never taken from the file).
+    """
     from nbtune.config import TrainConfig
     from nbtune.train import distributed
 
@@ -366,7 +390,8 @@ def run_recipe(folder: str | Path, *, out: str | Path | None = None, run_id: str
     recipe = read_recipe(folder)
     workdir = Path(out).expanduser().resolve() if out else folder / "output"
     run_id = run_id or f"{recipe['name']}-{_method(recipe)}"
-    settings = TrainConfig.from_dict(recipe["train"]).replace(background=False, **({"steps": steps} if steps else {}))
+    settings = TrainConfig.from_dict(recipe["train"], path=folder / RECIPE_FILE).replace(
+        background=False, **({"steps": steps} if steps else {}))
     info = distributed.from_env(_strategy(recipe, strategy))
     checkpoint = _checkpoint_to_resume(workdir / "runs" / run_id, resume, info)  # before the slow part
     backend = distributed.init(info) if info is not None else None
@@ -376,7 +401,8 @@ def run_recipe(folder: str | Path, *, out: str | Path | None = None, run_id: str
         datasets.disable_progress_bars()  # one copy of each progress bar is enough
     try:
         with _local_main_first(info):
-            session = build_session(folder, workdir)
+            session = build_session(folder, workdir, trust_remote_code=trust_remote_code,
+                                    allow_pickle=allow_pickle)
         fingerprint = _check_data(session, recipe, info)
         record = _run_record(session, recipe, settings, run_id, info, backend, fingerprint, folder)
         return _train(session, record, settings, checkpoint, info, progress)
@@ -391,17 +417,39 @@ def _train(session: Any, record: dict[str, Any], settings: Any, checkpoint: Path
     from nbtune.events import StopToken
 
     run_dir = session.workdir / record["dir"]
-    if checkpoint is None and (info is None or info.is_main):
-        session._write_run_file(record)
-    engine = session._make_engine(record, settings, _bus(run_dir, info, progress), StopToken())
-    if info is not None:
-        engine.distribute(info)
-    if checkpoint is not None:
-        engine.restore(checkpoint)
-    status = engine.run()
+    with _run_lock(run_dir, info):
+        if checkpoint is None and (info is None or info.is_main):
+            session._write_run_file(record)
+        engine = session._make_engine(record, settings, _bus(run_dir, info, progress), StopToken())
+        if info is not None:
+            engine.distribute(info)
+        if checkpoint is not None:
+            engine.restore(checkpoint)
+        status = engine.run()
     if engine.error is not None:
         raise engine.error
     return status
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path, info: Any) -> Iterator[None]:
+    """The first process holds the run folder's lock while the job trains, as a notebook run does: a notebook
+    cannot resume (or another job start) the same run meanwhile."""
+    from nbtune.store import FileLock, describe_holder
+    from nbtune.train.run import RUN_LOCK
+
+    if info is not None and not info.is_main:
+        yield
+        return
+    lock = FileLock(run_dir / RUN_LOCK)
+    holder = lock.acquire()
+    if holder is not None:
+        raise StageOrderError(f"{run_dir.name} is being trained right now by {describe_holder(holder)}; nothing "
+                              "was changed")
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -416,9 +464,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategy", choices=["ddp", "fsdp"], help="ddp (default) or fsdp (shards the model); "
                         "`accelerate launch --use_fsdp` selects fsdp too")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--trust-remote-code", action="store_true", help="let the model's repository run its own "
+                        "Python code, if recipe.json asks for it (only for sources you trust)")
+    parser.add_argument("--allow-pickle", action="store_true", help="allow pickle weights (.bin/.pt), if "
+                        "recipe.json asks for it (unpickling can run code)")
     args = parser.parse_args(argv)
     status = run_recipe(args.recipe, out=args.out, run_id=args.run_id, steps=args.steps, resume=args.resume,
-                        strategy=args.strategy, progress=not args.no_progress)
+                        strategy=args.strategy, progress=not args.no_progress,
+                        trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
     return 0 if status == "finished" else 1
 
 

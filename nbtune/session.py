@@ -56,11 +56,29 @@ from nbtune.viz.data_reports import (
 
 STATE_VERSION = 2
 ACTIVE = ("running", "paused")
-__all__ = ["Session", "ProjectLockedError", "StaleSessionError", "STATE_FILE"]
+TRUST_FLAGS = ("trust_remote_code", "allow_pickle")
+__all__ = ["Session", "ProjectLockedError", "StaleSessionError", "STATE_FILE", "check_trust"]
 
 
 def _now() -> str:
     return _dt.datetime.now().isoformat(timespec="seconds")
+
+
+def check_trust(settings: dict[str, Any], granted: dict[str, bool], *, what: str, where: Path | str,
+                how: Callable[[list[str]], str]) -> None:
+    """Refuse settings read from a file that turn on a trust flag the caller did not pass in this call.
+
+    `how(flags)` says how to allow them (a Session argument, a recipe's command-line flag).
+    """
+    asked = [flag for flag in TRUST_FLAGS if settings.get(flag)]
+    missing = [flag for flag in asked if not granted.get(flag)]
+    if not missing:
+        return
+    source = settings.get("model") or settings.get("tokenizer") or "?"
+    raise ConfigError(
+        f"{what} ask for {' and '.join(f'{f}=True' for f in missing)} (source {source!r}): that would run code "
+        "from the model's files, and nbtune never takes that permission from a saved file", path=where,
+        column=missing[0], fix=f"only if you trust {source!r} and whoever wrote this folder: {how(missing)}")
 
 
 def _resolve(workdir: str | Path) -> Path:
@@ -171,10 +189,12 @@ class Session:
         return super().__new__(cls)
 
     def __init__(self, workdir: str | Path = "nbtune_workdir", *, autosave: bool = True, fresh: bool = False,
-                 read_only: bool = False) -> None:
+                 read_only: bool = False, trust_remote_code: bool = False, allow_pickle: bool = False) -> None:
         if getattr(self, "_initialised", False):  # the live Session handed back by __new__
+            self._grant(trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
             return
         self._blank(_resolve(workdir), autosave=autosave and not read_only, read_only=read_only)
+        self._grant(trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
         if not read_only:
             self._holding = hold(self.workdir, self)
         try:
@@ -212,6 +232,8 @@ class Session:
         self.reports: dict[str, Any] = {}
         self._model: Any = None
         self._run: Any = None
+        self._granted: dict[str, bool] = dict.fromkeys(TRUST_FLAGS, False)  # what the caller allowed, never a file
+        self._model_settings_from: Path = workdir / STATE_FILE  # the file model_settings came from (errors name it)
         self._stage_lock = StageLock()
         self._store = Store(workdir)
         self._holding: Any = None
@@ -226,16 +248,33 @@ class Session:
         self._problems: list[ProblemInfo] = []
 
     @classmethod
-    def in_memory(cls, workdir: str | Path) -> Session:
+    def in_memory(cls, workdir: str | Path, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> Session:
         """A Session that reads nothing from `workdir` and saves nothing there (no lock): a recipe's replay.
 
         Its runs still go to `workdir/runs/`; every process of a torchrun job builds one.
         """
         session = super().__new__(cls)
         session._blank(_resolve(workdir), autosave=False, read_only=False)
+        session._grant(trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
         session._opened_note = "in memory: nothing is read or saved"
         session._initialised = True
         return session
+
+    def _grant(self, **flags: bool) -> None:
+        """Remember what the caller allowed in a call (trust_remote_code, allow_pickle) for this Session's life."""
+        for name, value in flags.items():
+            self._granted[name] = self._granted[name] or bool(value)
+
+    def _trusted(self, settings: dict[str, Any], what: str, where: Path | str, **granted_now: bool) -> dict[str, Any]:
+        """`settings` read from a file, if every trust flag it asks for was granted by the caller; else a ConfigError.
+
+        trust_remote_code runs the model repository's Python code and allow_pickle unpickles weights (which can run
+        code too): a folder someone shares must never turn them on by itself.
+        """
+        check_trust(settings, {k: v or granted_now.get(k, False) for k, v in self._granted.items()}, what=what,
+                    where=where, how=lambda flags: f"nbtune.Session({str(self.workdir)!r}, "
+                    + ", ".join(f"{f}=True" for f in flags) + ")")
+        return settings
 
     def _start_over(self) -> None:
         """`fresh=True`: move the saved state into backups/<date>/ (deleting nothing) and start empty."""
@@ -342,18 +381,20 @@ class Session:
     @_stage()
     def load(self, source: Any, *, text_column: str | None = None, format: str | None = None,
              mapping: dict[str, str] | None = None, split: str | None = None, file_type: str | None = None,
-             append: bool = False, validation_fraction: float | None = None, seed: int | None = None) -> LoadReport:
+             append: bool = False, validation_fraction: float | None = None, seed: int | None = None,
+             follow_symlinks: bool = False) -> LoadReport:
         """Load text from a path, glob, folder, DataFrame, list, `datasets` object or hub id.
 
         The format (plain text, instruction, prompt/completion, chat) is detected
         and reported; `text_column=`, `format=` and `mapping=` override it.
         `append=True` adds the rows to the data already loaded (same format).
+        A folder or glob does not follow links that lead out of it unless `follow_symlinks=True`.
         """
         from nbtune.data.load import load_source
 
         started = time.perf_counter()
         loaded = load_source(source, text_column=text_column, format=format, mapping=mapping,
-                             split=split, file_type=file_type)
+                             split=split, file_type=file_type, follow_symlinks=follow_symlinks)
         return self._accept_load(loaded, loaded.origin, append, validation_fraction, seed, started)
 
     @_stage()
@@ -486,8 +527,11 @@ class Session:
     @_stage()
     def tokenize(self, config: TokenizerConfig | None = None, **overrides: Any) -> TokenReport:
         """Turn the current rows into token ids and loss masks, with a new or a pretrained tokenizer."""
-        settings = _config(TokenizerConfig, config, overrides,
-                           self.tokenizer_config.to_dict() if self.tokenizer_config else None)
+        stored = self.tokenizer_config.to_dict() if self.tokenizer_config else None
+        if config is None and stored and "trust_remote_code" not in overrides:
+            self._trusted(stored, "the saved tokenizer settings", self.workdir / STATE_FILE)
+        settings = _config(TokenizerConfig, config, overrides, stored)
+        self._grant(trust_remote_code=settings.trust_remote_code)
         train, _ = self._split(self._require_data("tokenize"), len(self._loaded), self.split_config)
         if len(train) == 0:
             raise DataError("the training split is empty", fix="load more rows or lower validation_fraction")
@@ -576,6 +620,7 @@ class Session:
 
         overrides.update({k: v for k, v in (("model", model), ("method", method)) if v is not None})
         settings = _config(PretrainedModelConfig, config, overrides)
+        self._grant(trust_remote_code=settings.trust_remote_code, allow_pickle=settings.allow_pickle)
         seq_len = self.tokenizer_config.context_length if self.tokenizer_config else 512
         loaded = use_model(settings, device=pick_device(settings.device, settings.precision), batch_size=batch_size,
                            seq_len=seq_len)
@@ -618,7 +663,8 @@ class Session:
             from nbtune.device import pick_device
             from nbtune.models.pretrained import use_model
 
-            settings = PretrainedModelConfig.from_dict(config)
+            self._trusted(config, "the saved model settings", self._model_settings_from)
+            settings = PretrainedModelConfig.from_dict(config, path=self._model_settings_from)
             loaded = use_model(settings, device=pick_device(settings.device, settings.precision),
                                seq_len=self.model_settings.get("context_length", 512))
             self._replace_model(loaded, self.model_settings)
@@ -706,7 +752,7 @@ class Session:
             raise StageOrderError(f"{record['id']} finished all its steps; to train it further pass steps=, e.g. "
                                   f"s.resume({record['id']!r}, steps=100), or start a new run with s.train()")
         self._require_model("resume")
-        settings = TrainConfig.from_dict(record["config"])
+        settings = TrainConfig.from_dict(record["config"], path=self.workdir / STATE_FILE)
         checkpoint = self._last_checkpoint(record)
         if steps is not None:
             settings = self._extend_record(record, settings, checkpoint, steps, learning_rate, warmup_steps)
@@ -992,7 +1038,8 @@ class Session:
         return report
 
     @_stage()
-    def attach_run(self, directory: str | Path, *, checkpoint: str | int | None = None) -> MessageReport:
+    def attach_run(self, directory: str | Path, *, checkpoint: str | int | None = None,
+                   trust_remote_code: bool = False, allow_pickle: bool = False) -> MessageReport:
         """Bring a run trained elsewhere (an exported recipe under torchrun or accelerate) into this session.
 
         It appears in `compare()`, and `s.resume(run_id)` continues it here in one process (new steps and
@@ -1000,10 +1047,12 @@ class Session:
         checkpoint's weights into the session's model (rebuilt from the run's settings when they differ), so
         `evaluate()`, `generate()` and `export()` use them. `directory` is a run folder, or a recipe's output
         folder that holds one run; a relative path is inside the workdir, as for `export_recipe()`.
+        A run.json whose model needs `trust_remote_code` or `allow_pickle` is loaded only when you pass them here.
         """
         from nbtune.eval.compare import load_run
         from nbtune.recipe import find_run_dir
 
+        self._grant(trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
         folder = Path(directory).expanduser()
         run = load_run(find_run_dir(folder if folder.is_absolute() else self.workdir / folder))
         if self._run is not None and self._run.status in ("running", "paused"):
@@ -1069,8 +1118,14 @@ class Session:
             raise DataError("run.json does not say which model was trained", path=run.dir,
                             fix="attach a run written by nbtune (a notebook run or an exported recipe)")
         if wanted != self.model_settings or self._model is None:
-            self.model_settings = wanted
-            self._rebuild_model()
+            self._trusted(wanted.get("config") or {}, "the run's model settings", run.dir / "run.json")
+            before = (self.model_settings, self._model_settings_from)
+            self.model_settings, self._model_settings_from = wanted, run.dir / "run.json"
+            try:
+                self._rebuild_model()
+            except BaseException:
+                self.model_settings, self._model_settings_from = before
+                raise
         self._model.load_trainable_state(path / "model")
         return path
 
@@ -1179,11 +1234,12 @@ class Session:
         self.format, self.format_reason = state.get("format"), state.get("format_reason", "")
         self.mapping, self.columns = state.get("mapping", {}), state.get("columns", [])
         self._problems = [ProblemInfo(**p) for p in state.get("problems", [])]
-        self.split_config = SplitConfig.from_dict(state.get("split", {}))
+        where = self.workdir / STATE_FILE
+        self.split_config = SplitConfig.from_dict(state.get("split", {}), path=where)
         recipe = state.get("clean", {}).get("recipe")
-        self.clean_config = CleanConfig.from_dict(recipe) if recipe else None
+        self.clean_config = CleanConfig.from_dict(recipe, path=where) if recipe else None
         token_config = state.get("tokens", {}).get("config")
-        self.tokenizer_config = TokenizerConfig.from_dict(token_config) if token_config else None
+        self.tokenizer_config = TokenizerConfig.from_dict(token_config, path=where) if token_config else None
         self.runs = state.get("runs", [])
         self.model_settings = state.get("model", {})
         for name, attr in (("loaded", "_loaded"), ("cleaned", "_cleaned"), ("tokens", "_tokens")):
@@ -1274,9 +1330,14 @@ class Session:
     @_stage(changes=False, while_training="allow")
     def report(self, path: str | Path | None = None, *, title: str | None = None) -> Path:
         """Write every stage's latest report into one self-contained HTML file; return its path."""
-        from nbtune.viz.report import write_html_report
+        from nbtune.viz.report import write_html_report, written_by_nbtune
 
-        target = Path(path) if path is not None else self.workdir / "report.html"
+        target = Path(path).expanduser() if path is not None else self.workdir / "report.html"
+        target = target if target.is_absolute() else Path.cwd() / target
+        if target.exists() and (not target.is_file() or not written_by_nbtune(target)) \
+                and target != self.workdir / "report.html":
+            raise ConfigError("this file exists and was not written by nbtune; nothing was written", path=target,
+                              column="path", fix="pass a new file name (nbtune replaces only reports it wrote)")
         order = [("load", "1. Data"), ("split", "Split"), ("clean_preview", "2. Cleaning preview"),
                  ("clean", "2. Cleaning"), ("tokens", "3. Tokens"), ("model", "4. Model"), ("train", "5. Training"),
                  ("eval", "5. Evaluation"), ("generate", "5. Generations"),

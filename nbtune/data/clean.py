@@ -1363,3 +1363,13 @@ def apply(dataset: datasets.Dataset, config: CleanConfig, *, num_proc: int | Non
     if len(keep) < len(data):
         data = data.select(keep)
     return _result(out, plan, keep, data, steps, False, t0)
+
+
+def transform_rows(values: Sequence[Any], config: CleanConfig, column: str) -> list[Any]:
+    """Each text (or message list) through the recipe's transforms only (no row is removed, order kept).
+
+    The transforms are idempotent, so cleaning these values again gives the same rows as cleaning the
+    originals: what a copy of the data may hold when the originals must not leave (masked PII).
+    """
+    plan = _Plan.build(config, column)
+    return [_transform_value(value, plan)[0] for value in values]

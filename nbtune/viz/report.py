@@ -80,6 +80,18 @@ def _masked(reports: list[tuple[str, Report]]) -> list[tuple[str, Report]]:
              if isinstance(r, LoadReport) else r) for h, r in reports]
 
 
+GENERATOR_TAG = "<meta name='generator' content='nbtune'>"
+
+
+def written_by_nbtune(path: Path) -> bool:
+    """True if the HTML file at `path` is a report nbtune wrote (its head carries nbtune's generator tag)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return GENERATOR_TAG in handle.read(4096)
+    except OSError:
+        return False
+
+
 def write_html_report(path: str | os.PathLike, title: str, reports: Iterable[tuple[str, Report]]) -> Path:
     """Write one self-contained HTML file (plotly.js embedded, works offline); return its path.
 
@@ -90,7 +102,7 @@ def write_html_report(path: str | os.PathLike, title: str, reports: Iterable[tup
     target.parent.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<!doctype html><html><head><meta charset='utf-8'>{GENERATOR_TAG}",
         f"<title>{esc(title)}</title>",
         f"<script type='text/javascript'>{_plotly_js()}</script>",
         STYLE,
