@@ -243,6 +243,7 @@ def test_an_app_click_waits_for_the_stage_a_code_cell_is_running(tmp_path):
     app.panel("Clean").apply.click()  # the app's worker calls s.clean() while the cell is inside s.load()
     assert s._stage_lock.wait_for_waiters(1, timeout=60), "the app's clean() did not wait for the cell's load()"
     assert s._stage_lock.holder == "load"
+    assert "waiting for load() that a code cell is running" in app.jobs.status.value
     release.set()
     cell.join(60)
     app.wait(60)

@@ -93,10 +93,12 @@ class Jobs:
     their success does not hide the error of another action.
     """
 
-    def __init__(self, errors: ErrorPanel, background: bool, on_done: Callable[[], None]) -> None:
+    def __init__(self, errors: ErrorPanel, background: bool, on_done: Callable[[], None],
+                 held_elsewhere: Callable[[], str | None] = lambda: None) -> None:
         self.errors = errors
         self.background = background
         self.on_done = on_done
+        self.held_elsewhere = held_elsewhere  # the stage a code cell is running on the Session, if any
         self.status = widgets.HTML("")
         self.status.add_class("nbtune-status")
         self.busy: str | None = None
@@ -133,7 +135,9 @@ class Jobs:
     def _work(self, label: str, action: Callable[[], Any], then: Callable[[Any], None] | None, form: Any,
               background_refresh: bool = False) -> None:
         self.busy = label
-        self._say(f"⏳ {label}…")
+        elsewhere = self.held_elsewhere() if self.background else None
+        self._say(f"⏳ {label}… (waiting for {elsewhere}() that a code cell is running)" if elsewhere
+                  else f"⏳ {label}…")
         started = time.perf_counter()
         try:
             result = action()
@@ -185,6 +189,12 @@ class Debouncer:
         self._timer.start()
 
 
+def _stage_in_a_cell(session: Any) -> str | None:
+    """The stage another thread (a code cell) is running on the Session, if any (not the run's own bookkeeping)."""
+    holder = session._stage_lock.holder
+    return holder if holder not in (None, "bookkeeping", "state", "save") else None
+
+
 def _frontend_notice(background: bool) -> str:
     if background:
         return ""
@@ -203,7 +213,8 @@ class App:
         self.session = session
         self.background = default_background() if background is None else background
         self.errors = ErrorPanel()
-        self.jobs = Jobs(self.errors, self.background, on_done=self.refresh_header)
+        self.jobs = Jobs(self.errors, self.background, on_done=self.refresh_header,
+                         held_elsewhere=lambda: _stage_in_a_cell(session))
         self.debounce = debounce
         self.header = widgets.HTML("")
         self.header.add_class("nbtune-header")
