@@ -400,13 +400,15 @@ class _Where:
 
     source: str | None
     lines: Sequence[int] | None
+    #: Position of record 0 in its source (records are converted chunk by chunk).
+    first_row: int = 0
 
     def error(self, i: int, what: str, *, column: str | int | None = None, fix: str | None = None) -> DataError:
         line = None
         if self.lines is not None:
             line = self.lines[i]
         else:
-            what = f"row {i}: {what}"
+            what = f"row {self.first_row + i}: {what}"
         return DataError(what, path=self.source, line=line, column=column, fix=fix)
 
 
@@ -594,12 +596,17 @@ def convert(
     lines: Sequence[int] | None = None,
     start_row_id: int = 0,
     first_keys: Sequence[str] | None = None,
+    first_row: int = 0,
 ) -> Converted:
-    """Like `to_canonical`, but also returns how many non-string values were converted, and where."""
+    """Like `to_canonical`, but also returns how many non-string values were converted, and where.
+
+    `first_row` is the position of ``records[0]`` in its source, for "row N"
+    in errors when there are no `lines` (a chunk of a DataFrame, list or Dataset).
+    """
     if first_keys is None:
         first = next((r for r in records if isinstance(r, dict)), {})
         first_keys = list(first)
-    where = _Where(source, lines)
+    where = _Where(source, lines, first_row)
     return _Converter(info, where, start_row_id, first_keys).convert(records)
 
 

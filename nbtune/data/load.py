@@ -26,6 +26,7 @@ values that were not text, very long rows and exact duplicates.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import difflib
 import fnmatch
@@ -39,6 +40,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from nbtune.data.formats import CHAT_NAMES, FormatInfo, convert, resolve_format
 from nbtune.errors import DataError
@@ -84,6 +87,8 @@ class LoadedData:
     non_string_values: int = 0
     #: row_ids of (up to 5) rows that had such values.
     non_string_examples: list[int] = field(default_factory=list)
+    #: Rows in each chunk that was read, converted and written (memory holds one chunk at a time).
+    chunk_rows: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -120,17 +125,157 @@ class _LazyLines(Sequence):
 
 
 @dataclass
-class _Part:
-    """Records read from one file (or one in-memory object), with where each came from."""
+class _Chunk:
+    """Consecutive records of one part, with the line each starts on (None for in-memory rows)."""
 
     records: list[Any]
-    columns: list[str]
+    lines: Sequence[int] | None
+    #: Position of records[0] in its part.
+    first_row: int = 0
+
+
+class _Shape:
+    """The kind of a part's rows (all objects, all strings or all message lists) and its keys, chunk by chunk.
+
+    The first row sets the kind; a later row of another kind is a DataError
+    with its line (or row). Strings become ``{"text": s}``, lists
+    ``{"messages": m}``. The keys of object rows are collected as they stream by.
+    """
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.base: type | None = None
+        self.keys: dict[str, None] = {}
+
+    def _error(self, chunk: _Chunk, i: int, what: str, fix: str) -> DataError:
+        if chunk.lines is None:
+            what = f"row {chunk.first_row + i}: {what}"
+        return DataError(what, path=self.path, line=chunk.lines[i] if chunk.lines is not None else None, fix=fix)
+
+    def records(self, chunk: _Chunk) -> list[Any]:
+        items = chunk.records
+        if not items:
+            return items
+        if self.base is None:
+            first = items[0]
+            if not isinstance(first, (dict, str, list)):
+                raise self._error(chunk, 0, f"this row is {_kind_of(first)} ({first!r:.40}), not a record, a string "
+                                  "or a list of messages", "each row must be an object with named fields (e.g. "
+                                  "{\"text\": ...}), a string, or a list of messages")
+            self.base = dict if isinstance(first, dict) else str if isinstance(first, str) else list
+        base = self.base
+        plural = {dict: "objects", str: "strings", list: "lists"}[base]
+        for i, item in enumerate(items):
+            if not isinstance(item, base):
+                raise self._error(
+                    chunk, i, f"this row is {_kind_of(item)}, but earlier rows are {plural}",
+                    "make every row the same kind of value (e.g. all objects with the same fields), or remove this row",
+                )
+        if base is dict:
+            keys = self.keys
+            known = keys.keys()
+            for rec in items:
+                if not rec.keys() <= known:
+                    keys.update(dict.fromkeys(rec))
+            return items
+        if base is str:
+            return [{"text": s} for s in items]
+        return [{"messages": m} for m in items]
+
+    @property
+    def columns(self) -> list[str]:
+        return {dict: [str(k) for k in self.keys], str: ["text"], list: ["messages"]}.get(self.base, [])
+
+
+#: Rows per chunk while loading: files are parsed, converted and written to Arrow one chunk at a time,
+#: so memory holds one chunk of rows, not the file (`load_source(..., chunk_rows=)`).
+CHUNK_ROWS = 10_000
+#: A chunk also ends once its rows hold this many characters of input (for long documents).
+CHUNK_CHARS = 16 * 2**20
+
+
+def _chunked(items: Iterable[tuple[Any, int | None, int]], rows: int) -> Iterator[_Chunk]:
+    """Chunks of at most `rows` records (and about CHUNK_CHARS characters) from (record, line, size) items."""
+    records: list[Any] = []
+    lines: list[int | None] = []
+    size, first = 0, 0
+    for record, line, n in items:
+        records.append(record)
+        lines.append(line)
+        size += n
+        if len(records) >= rows or size >= CHUNK_CHARS:
+            yield _Chunk(records, lines if lines[0] is not None else None, first)
+            first += len(records)
+            records, lines, size = [], [], 0
+    if records:
+        yield _Chunk(records, lines if lines[0] is not None else None, first)
+
+
+class _Window(Sequence):
+    """lines[start:] without copying (chunks of a part read whole, whose lines are computed lazily)."""
+
+    def __init__(self, lines: Sequence[int], start: int, length: int) -> None:
+        self._lines, self._start, self._length = lines, start, length
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self._lines[self._start + i]
+
+    def __len__(self) -> int:
+        return self._length
+
+
+def _slices(items: Sequence[Any], lines: Sequence[int] | None, rows: int) -> Iterator[_Chunk]:
+    """Chunks of an in-memory list."""
+    for start in range(0, len(items), rows):
+        part = list(items[start : start + rows])
+        yield _Chunk(part, None if lines is None else _Window(lines, start, len(part)), start)
+
+
+@dataclass
+class _Part:
+    """One file (or in-memory object), read chunk by chunk.
+
+    `read(rows)` yields chunks of raw rows; `select(columns, rows)`, for
+    tables, yields chunks of only the needed columns. `head()` is the first
+    rows (format detection); `columns` is known from a schema or header, or
+    collected from the rows read so far.
+    """
+
+    read: Callable[[int], Iterator[_Chunk]]
     path: str | None = None
-    lines: Sequence[int] | None = None
     file_type: str | None = None
     note: dict = field(default_factory=dict)
-    #: For big in-memory tables: fetch records of only the needed columns (set instead of `records`).
-    fetch: Callable[[list[str]], list[dict]] | None = None
+    known_columns: list[str] | None = None
+    select: Callable[[list[str], int], Iterator[_Chunk]] | None = None
+    shape: _Shape = field(default_factory=lambda: _Shape(None))
+    _head: list[Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.shape.path = self.path
+
+    def head(self) -> list[Any]:
+        if self._head is None:
+            chunks = self.read(_SAMPLE_ROWS)
+            try:
+                first = next(chunks, None)
+            finally:
+                getattr(chunks, "close", lambda: None)()
+            self._head = self.shape.records(first) if first is not None else []
+        return self._head
+
+    @property
+    def columns(self) -> list[str]:
+        if self.known_columns is not None:
+            return self.known_columns
+        self.head()
+        return self.shape.columns
+
+    def chunks(self, needed: list[str], rows: int) -> Iterator[_Chunk]:
+        """All rows in chunks, as records (only the `needed` columns where the source is a table)."""
+        raw = self.select(needed, rows) if self.select is not None else self.read(rows)
+        for chunk in raw:
+            chunk.records = self.shape.records(chunk)
+            yield chunk
 
 
 def _decode(data: bytes, path: str, encoding: str, *, first_line: int = 1, offset: int = 0) -> str:
@@ -166,15 +311,6 @@ def _empty_file(path: str, detail: str = "is empty") -> DataError:
                      "if it is meant to be empty")
 
 
-def _ordered_keys(records: Sequence[Any]) -> list[str]:
-    """All keys of the dict records, in order of first appearance."""
-    keys: dict[str, None] = {}
-    for rec in records:
-        if isinstance(rec, dict):
-            keys.update(dict.fromkeys(rec))
-    return [str(k) for k in keys]
-
-
 def _kind_of(item: Any) -> str:
     if isinstance(item, dict):
         return "an object"
@@ -185,41 +321,15 @@ def _kind_of(item: Any) -> str:
     return f"a {type(item).__name__}"
 
 
-def _normalise_items(items: list[Any], path: str | None, lines: Sequence[int] | None) -> tuple[list[Any], list[str]]:
-    """Records from a list of items: dicts as they are, strings -> {'text'}, lists -> {'messages'}.
-
-    All items must be of one kind; the first one that is not is reported.
-    """
-    def error(i: int, what: str, fix: str) -> DataError:
-        if lines is None:
-            what = f"row {i}: {what}"
-        return DataError(what, path=path, line=lines[i] if lines is not None else None, fix=fix)
-
-    first = items[0]
-    first_kind = _kind_of(first)
-    if not isinstance(first, (dict, str, list)):
-        raise error(0, f"this row is {first_kind} ({first!r:.40}), not a record, a string or a list of messages",
-                    "each row must be an object with named fields (e.g. {\"text\": ...}), a string, or a list "
-                    "of messages")
-    base = dict if isinstance(first, dict) else str if isinstance(first, str) else list
-    plural = {dict: "objects", str: "strings", list: "lists"}[base]
-    for i, item in enumerate(items):
-        if not isinstance(item, base):
-            raise error(
-                i,
-                f"this row is {_kind_of(item)}, but earlier rows are {plural}",
-                "make every row the same kind of value (e.g. all objects with the same fields), or remove this row",
-            )
-    if isinstance(first, dict):
-        return items, _ordered_keys(items)
-    if isinstance(first, str):
-        return [{"text": s} for s in items], ["text"]
-    return [{"messages": m} for m in items], ["messages"]
+def _jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
+    return enumerate(text.split("\n"), 1)
 
 
 def _read_jsonl(text: str, path: str) -> _Part:
-    """One JSON value per line; blank lines are skipped; errors give line and column."""
-    return _jsonl_part(enumerate(text.split("\n"), 1), path)
+    """JSONL already in memory (a .json file that turned out to hold one object per line)."""
+    part = _Part(lambda rows: _chunked(_jsonl_items(_jsonl_lines(text), path), rows), path, "jsonl")
+    part.head()  # a broken first line is reported now
+    return part
 
 
 def _file_lines(path: str, encoding: str) -> Iterator[tuple[int, str]]:
@@ -243,15 +353,15 @@ def _file_lines(path: str, encoding: str) -> Iterator[tuple[int, str]]:
             offset += len(raw)
 
 
-def _jsonl_part(numbered: Iterable[tuple[int, str]], path: str) -> _Part:
+def _jsonl_items(numbered: Iterable[tuple[int, str]], path: str) -> Iterator[tuple[Any, int, int]]:
+    """(value, line, characters) of each non-blank line; a line that is not JSON is a DataError with line and column."""
     loads = json.loads
-    items: list[Any] = []
-    lines: list[int] = []
+    found = False
     for n, raw in numbered:
         if not raw.strip():
             continue
         try:
-            items.append(loads(raw))
+            value = loads(raw)
         except (RecursionError, ValueError) as exc:
             if not isinstance(exc, json.JSONDecodeError):
                 raise _unparsable(exc, path, n) from None
@@ -262,11 +372,10 @@ def _jsonl_part(numbered: Iterable[tuple[int, str]], path: str) -> _Part:
                    "each line must hold one complete JSON object: fix or delete this line")
             raise DataError(f"this line is not valid JSON: {exc.msg}", path=path, line=n, column=exc.colno,
                             fix=fix) from None
-        lines.append(n)
-    if not items:
+        found = True
+        yield value, n, len(raw)
+    if not found:
         raise _empty_file(path, "holds only whitespace")
-    records, columns = _normalise_items(items, path, lines)
-    return _Part(records, columns, path, lines, "jsonl")
 
 
 def _unparsable(exc: BaseException, path: str, line: int | None) -> DataError:
@@ -405,26 +514,47 @@ def _read_json(text: str, path: str) -> _Part:
 
 
 def _finish_json(items: list[Any], path: str, lines: Sequence[int], note: dict) -> _Part:
-    records, columns = _normalise_items(items, path, lines)
-    return _Part(records, columns, path, lines, "json", note)
+    """A JSON document is parsed whole (the standard library has no streaming parser); it is converted in chunks."""
+    part = _Part(lambda rows: _slices(items, lines, rows), path, "json", note)
+    part.head()
+    return part
 
 
-def _read_csv(text: str, path: str, delimiter: str, file_type: str) -> _Part:
-    """CSV/TSV with a header row; each record keeps the line it starts on."""
+_LONE_CR = re.compile(r"\r(?!\n|$)")
+
+
+def _csv_lines(numbered: Iterable[tuple[int, str]], seen_text: list[bool]) -> Iterator[str]:
+    """Lines for the csv module, ending at \\n, \\r\\n or a lone \\r as `open(newline="")` would split them.
+
+    `seen_text[0]` becomes True once a line holds something other than whitespace.
+    """
+    for _, line in numbered:
+        if not seen_text[0] and not line.isspace() and line:
+            seen_text[0] = True
+        if "\r" in line and _LONE_CR.search(line):
+            yield from io.StringIO(line, newline="")
+        else:
+            yield line
+
+
+def _csv_items(numbered: Iterable[tuple[int, str]], path: str, delimiter: str, file_type: str,
+               ) -> Iterator[tuple[dict, int, int]]:
+    """(record, line it starts on, characters) of each CSV/TSV data row, after the header row."""
     old_limit = csv.field_size_limit(2**31 - 1)  # long documents exceed the 128 KiB default
     try:
-        return _read_csv_rows(text, path, delimiter, file_type)
+        yield from _csv_rows(numbered, path, delimiter, file_type)
     finally:
         csv.field_size_limit(old_limit)
 
 
-def _read_csv_rows(text: str, path: str, delimiter: str, file_type: str) -> _Part:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+def _csv_rows(numbered: Iterable[tuple[int, str]], path: str, delimiter: str, file_type: str,
+              ) -> Iterator[tuple[dict, int, int]]:
+    seen_text = [False]
+    reader = csv.reader(_csv_lines(numbered, seen_text), delimiter=delimiter, strict=True)
     name = file_type.upper()
     header: list[str] | None = None
-    records: list[dict] = []
-    lines: list[int] = []
     prev = 0
+    rows = 0
     try:
         for row in reader:
             start, prev = prev + 1, reader.line_num
@@ -442,19 +572,28 @@ def _read_csv_rows(text: str, path: str, delimiter: str, file_type: str) -> _Par
                     f"(\"a{delimiter} b\"); fix or delete this row"
                     + ("" if delimiter == "\t" else ", or pass file_type='tsv' if the file is tab-separated"),
                 )
-            records.append(dict(zip(header, row, strict=True)))
-            lines.append(start)
+            rows += 1
+            yield dict(zip(header, row, strict=True)), start, sum(map(len, row))
     except csv.Error as exc:
         msg = str(exc)
         if "unexpected end of data" in msg:
             msg = "a quoted field that starts on this line is never closed"
         raise DataError(f"cannot be read as {name}: {msg}", path=path, line=prev + 1,
                         fix='check the double quotes on this line (a quote inside a field is written "")') from None
+    if not seen_text[0]:
+        raise _empty_file(path, "holds only whitespace")
     if header is None:
         raise _empty_file(path)
-    if not records:
+    if not rows:
         raise _empty_file(path, "has a header row but no data rows")
-    return _Part(records, header, path, lines, file_type)
+
+
+def _csv_file(lines: Callable[[], Iterable[tuple[int, str]]], path: str, file_type: str) -> _Part:
+    """A CSV/TSV file with a header row, read in chunks; each record keeps the line it starts on."""
+    delimiter = "," if file_type == "csv" else "\t"
+    part = _Part(lambda rows: _chunked(_csv_items(lines(), path, delimiter, file_type), rows), path, file_type)
+    part.head()
+    return part
 
 
 def _csv_header(row: list[str], path: str, line: int) -> list[str]:
@@ -469,36 +608,50 @@ def _csv_header(row: list[str], path: str, line: int) -> list[str]:
     return header
 
 
-def _paragraphs(text: str) -> Iterator[tuple[int, str]]:
-    """(start line, paragraph) for each non-empty, blank-line-separated paragraph."""
+def _paragraphs(numbered: Iterable[tuple[int, str]], path: str) -> Iterator[tuple[str, int, int]]:
+    """(paragraph, start line, characters) for each non-empty, blank-line-separated paragraph."""
     block: list[str] = []
     start = 0
-    for n, line in enumerate(text.split("\n"), 1):
-        line = line.rstrip("\r")
+    for n, line in numbered:
+        line = (line[:-1] if line.endswith("\n") else line).rstrip("\r")
         if line.strip():
             if not block:
                 start = n
             block.append(line)
         elif block:
-            yield start, "\n".join(block)
+            para = "\n".join(block)
+            yield para, start, len(para)
             block = []
     if block:
-        yield start, "\n".join(block)
+        para = "\n".join(block)
+        yield para, start, len(para)
+    elif not start:
+        raise _empty_file(path, "holds only whitespace")
 
 
-def _read_plain(text: str, path: str, file_type: str, per_file: bool) -> _Part:
-    """A .txt/.md file: one document per paragraph, or the whole file as one document (`per_file`)."""
-    if per_file:
-        return _Part([{"text": text}], ["text"], path, [1], file_type)
-    lines, records = [], []
-    for start, para in _paragraphs(text):
-        lines.append(start)
-        records.append({"text": para})
-    return _Part(records, ["text"], path, lines, file_type)
+def _plain_file(lines: Callable[[], Iterable[tuple[int, str]]], path: str, file_type: str) -> _Part:
+    """A .txt/.md file given on its own: one document per paragraph, read in chunks."""
+    part = _Part(lambda rows: _chunked(_paragraphs(lines(), path), rows), path, file_type, known_columns=["text"])
+    part.head()
+    return part
+
+
+def _whole_text_file(path: Path, file_type: str, encoding: str) -> _Part:
+    """A .txt/.md file from a folder or glob: the whole file is one document (read when its chunk is)."""
+    name = str(path)
+
+    def read(rows: int) -> Iterator[_Chunk]:
+        data = path.read_bytes()  # read-only: never modify the user's files
+        text = _decode(data, name, encoding)
+        if not text.strip():
+            raise _empty_file(name, "is empty" if not data else "holds only whitespace")
+        yield _Chunk([{"text": text}], [1], 0)
+
+    return _Part(read, name, file_type, known_columns=["text"])
 
 
 def _read_parquet(path: str) -> _Part:
-    """The first rows (for format detection) now; later only the columns the format needs (`_Part.fetch`)."""
+    """The first rows (for format detection) now; later only the columns the format needs, in batches."""
     import pyarrow.parquet as pq
 
     def bad(exc: Exception) -> DataError:
@@ -513,14 +666,28 @@ def _read_parquet(path: str) -> _Part:
         raise bad(exc) from None
     if pf.metadata.num_rows == 0 or sample is None:
         raise _empty_file(path, "has no rows")
+    meta = pf.metadata
+    row_bytes = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)) / max(meta.num_rows, 1)
+    head = sample.to_pylist()
 
-    def fetch(cols: list[str]) -> list[dict]:
+    def read(rows: int) -> Iterator[_Chunk]:
+        yield _Chunk(head[:rows], None, 0)
+
+    def select(cols: list[str], rows: int) -> Iterator[_Chunk]:
+        rows = max(1, min(rows, int(CHUNK_CHARS / max(row_bytes, 1.0))))
+        first = 0
         try:
-            return pq.read_table(path, columns=cols).to_pylist()
+            batches = pq.ParquetFile(path).iter_batches(batch_size=rows, columns=cols)
+            for batch in batches:
+                records = batch.to_pylist()
+                yield _Chunk(records, None, first)
+                first += len(records)
+        except DataError:
+            raise
         except Exception as exc:
             raise bad(exc) from None
 
-    return _Part(sample.to_pylist(), list(pf.schema_arrow.names), path, None, "parquet", fetch=fetch)
+    return _Part(read, path, "parquet", known_columns=list(pf.schema_arrow.names), select=select)
 
 
 def _normalise_file_type(file_type: str | None) -> str | None:
@@ -552,30 +719,41 @@ def _type_of(path: Path, file_type: str | None) -> str:
     return ft
 
 
+def _text_lines(path: str, encoding: str) -> Callable[[], Iterable[tuple[int, str]]]:
+    """A function giving (line number, line with its ending) of a file, read line by line when the encoding
+    allows (a byte 0x0A always ends a line), else decoded whole first (UTF-16/32)."""
+    if _line_safe(encoding):
+        return lambda: _file_lines(path, encoding)
+    with open(path, "rb") as fh:  # read-only: never modify the user's files
+        text = _decode(fh.read(), path, encoding)
+    return lambda: enumerate(io.StringIO(text, newline=""), 1)
+
+
 def _read_file(path: Path, file_type: str | None, encoding: str, per_file_text: bool) -> _Part:
-    """Read one file into records."""
+    """A part reading one file in chunks (a JSON document is parsed whole)."""
     name = str(path)
     ft = _type_of(path, file_type)
+    if path.stat().st_size == 0:
+        raise _empty_file(name)
     if ft == "parquet":
-        if path.stat().st_size == 0:
-            raise _empty_file(name)
         return _read_parquet(name)
-    if ft == "jsonl" and _line_safe(encoding):
-        if path.stat().st_size == 0:
-            raise _empty_file(name)
-        return _jsonl_part(_file_lines(name, encoding), name)
+    if ft in ("txt", "md") and per_file_text:
+        return _whole_text_file(path, ft, encoding)
+    if ft != "json":
+        lines = _text_lines(name, encoding)
+        if ft == "jsonl":
+            part = _Part(lambda rows: _chunked(_jsonl_items(lines(), name), rows), name, "jsonl")
+            part.head()  # a broken first line is reported now, before any other file is read
+            return part
+        if ft in ("csv", "tsv"):
+            return _csv_file(lines, name, ft)
+        return _plain_file(lines, name, ft)
     with open(path, "rb") as fh:  # read-only: never modify the user's files
         data = fh.read()
     text = _decode(data, name, encoding)
     if not text.strip():
-        raise _empty_file(name, "is empty" if not data else "holds only whitespace")
-    if ft == "jsonl":
-        return _read_jsonl(text, name)
-    if ft == "json":
-        return _read_json(text, name)
-    if ft in ("csv", "tsv"):
-        return _read_csv(text, name, "," if ft == "csv" else "\t", ft)
-    return _read_plain(text, name, ft, per_file_text)
+        raise _empty_file(name, "holds only whitespace")
+    return _read_json(text, name)
 
 
 def _line_safe(encoding: str) -> bool:
@@ -886,12 +1064,15 @@ def _dataset_part(ds: Any, split: str | None, kind: str) -> tuple[_Part, dict]:
     if len(ds) == 0:
         raise DataError("the dataset has no rows", fix="pass a dataset (or split) that has rows")
 
-    def fetch(cols: list[str]) -> list[dict]:
-        return ds.select_columns(cols).to_list()
+    def select(cols: list[str], rows: int) -> Iterator[_Chunk]:
+        table = ds.select_columns(cols).with_format("arrow")
+        for start in range(0, len(ds), rows):
+            yield _Chunk(table[start : start + rows].to_pylist(), None, start)  # honours select()/filter()
 
-    sample = ds.select(range(min(len(ds), _SAMPLE_ROWS))).to_list()
-    part = _Part(sample, list(ds.column_names), fetch=fetch)
-    return part, origin
+    def read(rows: int) -> Iterator[_Chunk]:
+        yield _Chunk(ds.with_format("arrow")[:rows].to_pylist(), None, 0)
+
+    return _Part(read, known_columns=list(ds.column_names), select=select), origin
 
 
 def _dataframe_part(df: Any) -> tuple[_Part, dict]:
@@ -904,20 +1085,24 @@ def _dataframe_part(df: Any) -> tuple[_Part, dict]:
         raise DataError("the DataFrame has no rows", fix="pass a DataFrame with rows")
     df = df.set_axis(columns, axis=1)  # a renamed copy: the user's frame is left alone
 
-    def fetch(cols: list[str]) -> list[dict]:
-        return df[cols].to_dict("records")
+    def select(cols: list[str], rows: int) -> Iterator[_Chunk]:
+        for start in range(0, len(df), rows):
+            yield _Chunk(df[cols].iloc[start : start + rows].to_dict("records"), None, start)
 
-    sample = df.head(_SAMPLE_ROWS).to_dict("records")
+    def read(rows: int) -> Iterator[_Chunk]:
+        yield _Chunk(df.head(rows).to_dict("records"), None, 0)
+
     origin = {"kind": "dataframe", "rows": len(df), "columns": columns}
-    return _Part(sample, columns, fetch=fetch), origin
+    return _Part(read, known_columns=columns, select=select), origin
 
 
 def _list_part(items: Sequence[Any]) -> tuple[_Part, dict]:
     items = list(items)
     if not items:
         raise DataError("the list is empty", fix="pass a list of strings, records (dicts) or message lists")
-    records, columns = _normalise_items(items, None, None)
-    return _Part(records, columns), {"kind": "list", "rows": len(records)}
+    part = _Part(lambda rows: _slices(items, None, rows))
+    part.head()
+    return part, {"kind": "list", "rows": len(items)}
 
 
 def _file_parts(paths: list[Path], file_type: str | None, encoding: str, per_file_text: bool) -> list[_Part]:
@@ -978,21 +1163,53 @@ def _read_source(
 # --------------------------------------------------------------------------- load
 
 
-def _build_dataset(batch: dict[str, list]) -> datasets.Dataset:
-    """The canonical Dataset from a columnar batch (features fixed, also for empty message lists)."""
-    import datasets
+def _features(key: str) -> Any:
+    """The canonical features: row_id plus text, or plus messages."""
     from datasets import Features, List, Value
 
-    key = "text" if "text" in batch else "messages"
     text_type = Value("string") if key == "text" else List({"role": Value("string"), "content": Value("string")})
-    features = Features({"row_id": Value("int64"), key: text_type})
-    try:
-        ds = datasets.Dataset.from_dict(batch)  # fastest path; its inferred types are checked below
-        if ds.features == features:
-            return ds
-    except Exception:  # inference can fail on e.g. only-empty message lists; the typed path below cannot
-        pass
-    return datasets.Dataset.from_dict(batch, features=features)
+    return Features({"row_id": Value("int64"), key: text_type})
+
+
+class _ArrowRows:
+    """Canonical batches written to an Arrow file one chunk at a time, then memory-mapped as a Dataset.
+
+    The file goes to the temporary folder `datasets` deletes when Python exits;
+    `Dataset.map` (cleaning, tokenizing) writes its results next to it, so
+    later stages stream from disk too. Saving a Session copies the data into
+    its workdir.
+    """
+
+    def __init__(self, key: str) -> None:
+        import uuid
+
+        from datasets.arrow_writer import ArrowWriter
+        from datasets.fingerprint import get_temporary_cache_files_directory
+
+        self.features = _features(key)
+        self.schema = self.features.arrow_schema
+        self.path = os.path.join(get_temporary_cache_files_directory(), f"nbtune-load-{uuid.uuid4().hex}.arrow")
+        self.writer = ArrowWriter(features=self.features, path=self.path)
+        self.rows = 0
+
+    def write(self, batch: dict[str, list]) -> None:
+        import pyarrow as pa
+
+        table = pa.Table.from_pydict(batch, schema=self.schema)
+        self.writer.write_table(table)
+        self.rows += table.num_rows
+
+    def finish(self) -> datasets.Dataset:
+        from datasets import Dataset
+
+        self.writer.finalize()
+        self.writer.close()
+        return Dataset.from_file(self.path)
+
+    def discard(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            os.remove(self.path)
 
 
 def _plain_text_reason(parts: list[_Part], per_file: bool) -> str | None:
@@ -1015,6 +1232,7 @@ def load_source(
     file_type: str | None = None,
     encoding: str = "utf-8",
     follow_symlinks: bool = False,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> LoadedData:
     """Load `source` into the canonical schema, detecting its format (or using the overrides).
 
@@ -1036,17 +1254,27 @@ def load_source(
     (a shared folder must not pull in files from elsewhere), and ``**``
     through links that point back at a parent folder ends.
     Every problem raises `DataError` naming the file, line and what to do.
+
+    Rows are read, converted and written to an Arrow file `chunk_rows` at a
+    time (fewer for long documents), so memory holds one chunk, not the
+    source; the Dataset is memory-mapped from that file. JSONL, CSV/TSV and
+    single .txt/.md files are read line by line, parquet by record batches
+    and only the needed columns; a .json document is parsed whole. The
+    format is detected from the first rows; `LoadedData.chunk_rows` says how
+    many rows each chunk held.
     """
     ft = _normalise_file_type(file_type)
+    if chunk_rows < 1:
+        raise DataError(f"chunk_rows must be at least 1, not {chunk_rows!r}", fix="pass chunk_rows=10000 or more")
     parts, origin, files = _read_source(source, split=split, file_type=ft, encoding=encoding,
                                         follow_symlinks=follow_symlinks)
     first = parts[0]
-    columns: list[str] = list(first.columns)
-    for part in parts[1:]:
+    columns: list[str] = []
+    for part in parts:
         columns += [c for c in part.columns if c not in columns]
     sample: list[Any] = []
     for part in parts:
-        sample.extend(part.records[: _SAMPLE_ROWS - len(sample)])
+        sample.extend(part.head()[: _SAMPLE_ROWS - len(sample)])
         if len(sample) >= _SAMPLE_ROWS:
             break
     info: FormatInfo = resolve_format(columns, sample, text_column=text_column, format=format,
@@ -1055,25 +1283,30 @@ def load_source(
     reason = _plain_text_reason(parts, per_file=origin["kind"] in ("folder", "glob"))
     if reason and not forced:
         info.reason = reason
-    first_keys = next((list(r) for r in first.records if isinstance(r, dict)), [])
+    first_keys = next((list(r) for r in first.head() if isinstance(r, dict)), [])
 
-    batch: dict[str, list] = {}
-    non_string, examples = 0, []
-    for part in parts:
-        records = part.records
-        if part.fetch is not None:
-            needed = list(dict.fromkeys(info.mapping.values()))
-            records = part.fetch(needed)
-        converted = convert(records, info, source=part.path, lines=part.lines,
-                            start_row_id=len(batch.get("row_id", [])), first_keys=first_keys)
-        for key, values in converted.batch.items():
-            batch.setdefault(key, []).extend(values)
-        non_string += converted.non_string_values
-        examples.extend(converted.non_string_rows[: _MAX_EXAMPLES - len(examples)])
+    rows = _ArrowRows("text" if info.format == "text" else "messages")
+    non_string, examples, chunk_sizes = 0, [], []
+    needed = list(dict.fromkeys(info.mapping.values()))
+    try:
+        for part in parts:
+            for chunk in part.chunks(needed, chunk_rows):
+                converted = convert(chunk.records, info, source=part.path, lines=chunk.lines,
+                                    start_row_id=rows.rows, first_keys=first_keys, first_row=chunk.first_row)
+                rows.write(converted.batch)
+                chunk_sizes.append(len(chunk.records))
+                non_string += converted.non_string_values
+                examples.extend(converted.non_string_rows[: _MAX_EXAMPLES - len(examples)])
+        dataset = rows.finish()
+    except BaseException:
+        rows.discard()
+        raise
+    for part in parts:  # keys first seen after the detection sample
+        columns += [c for c in part.columns if c not in columns]
     if origin["kind"] in ("folder", "glob"):
         origin["file_types"] = sorted({p.file_type for p in parts if p.file_type})
     return LoadedData(
-        dataset=_build_dataset(batch),
+        dataset=dataset,
         format=info.format,
         mapping=dict(info.mapping),
         format_reason=info.reason,
@@ -1082,20 +1315,26 @@ def load_source(
         files=files,
         non_string_values=non_string,
         non_string_examples=examples,
+        chunk_rows=chunk_sizes,
     )
 
 
 # --------------------------------------------------------------------------- problems
 
 
-def _row_texts(loaded: LoadedData) -> tuple[list[int], list[Any], bool]:
-    """(row_ids, texts or message lists, is_chat) read straight from the Arrow table."""
-    table = loaded.dataset.with_format("arrow")[:]  # honours select()/filter() index mappings
-    names = loaded.dataset.column_names
-    row_ids = table.column("row_id").to_pylist() if "row_id" in names else list(range(len(loaded.dataset)))
-    if "text" in names:
-        return row_ids, table.column("text").to_pylist(), False
-    return row_ids, table.column("messages").to_pylist(), True
+_PROBLEM_BATCH = 10_000
+
+
+def _row_batches(loaded: LoadedData) -> Iterator[tuple[list[int], list[Any], bool]]:
+    """(row_ids, texts or message lists, is_chat) per batch of rows, read from the Arrow table."""
+    data = loaded.dataset
+    names = data.column_names
+    key = "text" if "text" in names else "messages"
+    table = data.with_format("arrow")
+    for start in range(0, len(data), _PROBLEM_BATCH):
+        part = table[start : start + _PROBLEM_BATCH]  # honours select()/filter() index mappings
+        ids = part.column("row_id").to_pylist() if "row_id" in names else list(range(start, start + len(part)))
+        yield ids, part.column(key).to_pylist(), key == "messages"
 
 
 def _rows(n: int) -> str:
@@ -1108,39 +1347,55 @@ def find_problems(loaded: LoadedData, *, raw_non_string: int = 0, very_long_char
 
     Only kinds that occur are returned. `raw_non_string` overrides the count of
     converted values recorded while loading (`LoadedData.non_string_values`).
+    Rows are read in batches; duplicates are found by a 64-bit hash of each
+    row (Python's `hash`), so memory grows with the number of rows, not with
+    their text.
     """
-    row_ids, values, chat = _row_texts(loaded)
     empty: list[int] = []
     long: list[int] = []
-    dupes: list[int] = []
-    seen: set = set()
-    for rid, value in zip(row_ids, values, strict=True):
-        if chat:
-            msgs = value or []
-            length = sum(len(m["content"] or "") for m in msgs)
-            blank = all(not (m["content"] or "").strip() for m in msgs)
-            key: Any = tuple((m["role"], m["content"]) for m in msgs)
-        else:
-            text = value or ""
-            length = len(text)
-            blank = not text.strip()
-            key = text
-        if blank:
-            empty.append(rid)
-        if length > very_long_chars:
-            long.append(rid)
-        if blank:
-            pass  # reported as empty, not again as duplicates
-        elif key in seen:
-            dupes.append(rid)
-        else:
-            seen.add(key)
+    n_empty = n_long = 0
+    hashes: list[np.ndarray] = []  # 64-bit hash of each non-blank row, in order: memory O(rows), not O(text)
+    hashed_ids: list[np.ndarray] = []
+    for row_ids, values, chat in _row_batches(loaded):
+        keys: list[int] = []
+        ids: list[int] = []
+        for rid, value in zip(row_ids, values, strict=True):
+            if chat:
+                msgs = value or []
+                length = sum(len(m["content"] or "") for m in msgs)
+                blank = all(not (m["content"] or "").strip() for m in msgs)
+                key: Any = tuple((m["role"], m["content"]) for m in msgs)
+            else:
+                text = value or ""
+                length = len(text)
+                blank = not text.strip()
+                key = text
+            if blank:  # reported as empty, not again as duplicates
+                n_empty += 1
+                if len(empty) < _MAX_EXAMPLES:
+                    empty.append(rid)
+            else:
+                keys.append(hash(key))
+                ids.append(rid)
+            if length > very_long_chars:
+                n_long += 1
+                if len(long) < _MAX_EXAMPLES:
+                    long.append(rid)
+        hashes.append(np.array(keys, dtype=np.int64))
+        hashed_ids.append(np.array(ids, dtype=np.int64))
+    all_hashes = np.concatenate(hashes) if hashes else np.zeros(0, np.int64)
+    all_ids = np.concatenate(hashed_ids) if hashed_ids else np.zeros(0, np.int64)
+    _, first = np.unique(all_hashes, return_index=True)
+    later = np.ones(len(all_hashes), dtype=bool)
+    later[first] = False  # every row that is not the first with its value
+    n_dupes = int(later.sum())
+    dupes = all_ids[later][:_MAX_EXAMPLES].tolist()
 
     problems: list[Problem] = []
-    if empty:
+    if n_empty:
         problems.append(Problem(
-            "empty", len(empty), empty[:_MAX_EXAMPLES],
-            f"{_rows(len(empty))} empty or only whitespace: they teach the model nothing, and clean() drops "
+            "empty", n_empty, empty,
+            f"{_rows(n_empty)} empty or only whitespace: they teach the model nothing, and clean() drops "
             "them (min_chars=1, the default).",
         ))
     non_string = raw_non_string or loaded.non_string_values
@@ -1151,16 +1406,16 @@ def find_problems(loaded: LoadedData, *, raw_non_string: int = 0, very_long_char
             f"{non_string} {was} not text (numbers or booleans) and converted to text; if that is unexpected, "
             "check that the right column is used (text_column= or mapping=).",
         ))
-    if long:
+    if n_long:
         problems.append(Problem(
-            "very_long", len(long), long[:_MAX_EXAMPLES],
-            f"{_rows(len(long))} longer than {very_long_chars:,} characters: training cuts or splits them at "
+            "very_long", n_long, long,
+            f"{_rows(n_long)} longer than {very_long_chars:,} characters: training cuts or splits them at "
             "context_length tokens. Set max_chars in clean() to drop them instead.",
         ))
-    if dupes:
+    if n_dupes:
         problems.append(Problem(
-            "duplicate", len(dupes), dupes[:_MAX_EXAMPLES],
-            f"{_rows(len(dupes))} {'an exact copy' if len(dupes) == 1 else 'exact copies'} of an earlier row: "
+            "duplicate", n_dupes, dupes,
+            f"{_rows(n_dupes)} {'an exact copy' if n_dupes == 1 else 'exact copies'} of an earlier row: "
             "duplicates make the model memorise them. "
             "Enable exact_dedup in clean() (on by default) to drop them.",
         ))
