@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from nbtune.config import TokenizerConfig
-from nbtune.data import column
+from nbtune.data import column_batches
 from nbtune.errors import ConfigError
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
@@ -114,11 +114,10 @@ def document_text(row: dict[str, Any]) -> str:
 
 
 def training_texts(dataset: Any, batch_size: int = 1000) -> Iterator[list[str]]:
-    """Batches of texts to train a BPE tokenizer on (one text per row)."""
+    """Batches of texts to train a BPE tokenizer on (one text per row), read batch by batch from Arrow."""
     name = "text" if "text" in dataset.column_names else "messages"
-    for start in range(0, len(dataset), batch_size):
-        part = dataset.select(range(start, min(start + batch_size, len(dataset))))
-        yield [document_text({name: value}) for value in column(part, name)]
+    for values in column_batches(dataset, name, batch_size):
+        yield [document_text({name: value}) for value in values]
 
 
 def encode_text(tokenizer: Any, text: str) -> Encoded:
@@ -273,6 +272,35 @@ def encode_row(tokenizer: Any, row: dict[str, Any], *, response_only: bool) -> E
     return encode_chat(tokenizer, row["messages"], response_only=response_only)
 
 
+def _char_bytes(text: str) -> np.ndarray:
+    """cum[i] = UTF-8 bytes of text[:i] (length len(text) + 1)."""
+    if text.isascii():
+        return np.arange(len(text) + 1, dtype=np.int64)
+    points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    width = 1 + (points >= 0x80).astype(np.int64) + (points >= 0x800) + (points >= 0x10000)
+    cum = np.zeros(len(text) + 1, dtype=np.int64)
+    np.cumsum(width, out=cum[1:])
+    return cum
+
+
+def _trained_bytes(text: str, offsets: np.ndarray, mask: np.ndarray) -> int:
+    """`trained_bytes` on arrays: offsets (n, 2) int, mask (n,) 0/1; no Python loop over tokens."""
+    pick = mask.astype(bool)
+    pick[:1] = False  # the first token is never predicted
+    starts, stops = offsets[pick, 0], offsets[pick, 1]
+    real = stops > starts
+    starts, stops = starts[real], stops[real]
+    if not len(starts):
+        return 0
+    order = np.lexsort((stops, starts))
+    starts, stops = starts[order], stops[order]
+    covered = np.maximum.accumulate(np.concatenate(([0], stops[:-1])))  # end of the spans before each one
+    starts = np.maximum(starts, covered)
+    new = stops > starts
+    cum = _char_bytes(text)
+    return int((cum[stops[new]] - cum[starts[new]]).sum())
+
+
 def trained_bytes(text: str, offsets: list[tuple[int, int]], mask: list[int]) -> int:
     """UTF-8 bytes of the text the model is scored on: the spans of masked-in tokens after the first.
 
@@ -281,49 +309,81 @@ def trained_bytes(text: str, offsets: list[tuple[int, int]], mask: list[int]) ->
     Bits per byte = (sum of losses in nats) / ln 2 / trained_bytes, which does not
     depend on the tokenizer, so models with different tokenizers compare fairly.
     """
-    spans = sorted((s, e) for i, ((s, e), m) in enumerate(zip(offsets, mask, strict=True)) if m and i and e > s)
-    total, end = 0, 0
-    for start, stop in spans:
-        start = max(start, end)
-        if stop > start:
-            total += len(text[start:stop].encode("utf-8"))
-            end = stop
-    return total
+    if not len(offsets):
+        return 0
+    return _trained_bytes(text, np.asarray(offsets, dtype=np.int64).reshape(-1, 2), np.asarray(mask, dtype=np.int8))
 
 
-def encode_batch(batch: dict[str, list], tokenizer: Any, config: TokenizerConfig) -> dict[str, list]:
+#: Types of the token columns: ids fit int32 (vocabularies are far below 2**31), the mask is 0/1.
+TOKEN_FEATURES = {"input_ids": ("list", "int32"), "loss_mask": ("list", "int8"), "n_tokens": "int64",
+                  "truncated": "bool", "n_trained": "int64", "n_bytes": "int64"}
+
+
+def token_features() -> dict[str, Any]:
+    """The `datasets` features of the columns `encode_batch` adds."""
+    from datasets import List, Value
+
+    return {name: List(Value(kind[1])) if isinstance(kind, tuple) else Value(kind)
+            for name, kind in TOKEN_FEATURES.items()}
+
+
+def _text_rows(batch: dict[str, list], tokenizer: Any) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """(text, ids, loss mask, offsets) of plain-text rows, EOS appended, as numpy arrays."""
+    enc = tokenizer(batch["text"], add_special_tokens=False, return_offsets_mapping=True,
+                    split_special_tokens=True)  # text is text: "<|endoftext|>" in a row is not EOS
+    eos = tokenizer.eos_token_id
+    for text, ids, offs in zip(batch["text"], enc["input_ids"], enc["offset_mapping"], strict=True):
+        n = len(ids) + 1
+        row_ids = np.empty(n, dtype=np.int32)
+        row_ids[:-1] = ids
+        row_ids[-1] = eos
+        offsets = np.empty((n, 2), dtype=np.int64)
+        if n > 1:
+            offsets[:-1] = offs
+        offsets[-1] = len(text)
+        yield text, row_ids, np.ones(n, dtype=np.int8), offsets
+
+
+def _chat_rows(batch: dict[str, list], tokenizer: Any, response_only: bool,
+               ) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    controls = control_pattern(tokenizer)
+    for messages in batch["messages"]:
+        enc = encode_chat(tokenizer, messages, response_only=response_only, controls=controls)
+        yield (enc.text, np.asarray(enc.input_ids, dtype=np.int32), np.asarray(enc.loss_mask, dtype=np.int8),
+               np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2))
+
+
+def encode_batch(batch: dict[str, list], tokenizer: Any, config: TokenizerConfig) -> dict[str, Any]:
     """`Dataset.map` function: adds input_ids, loss_mask, n_tokens (before any cut), truncated, n_trained, n_bytes.
 
     Plain text longer than the context is kept whole when packing (it is split
     across sequences, nothing lost); otherwise, and for chat rows, it is cut.
     `n_bytes` counts the UTF-8 bytes of the trained text (see `trained_bytes`).
+    Token ids and masks are numpy arrays per row (int32 / int8, see
+    `TOKEN_FEATURES`), the counts numpy columns: no Python list per token.
     """
     if "text" in batch:
-        enc = tokenizer(batch["text"], add_special_tokens=False, return_offsets_mapping=True,
-                        split_special_tokens=True)  # text is text: "<|endoftext|>" in a row is not EOS
-        eos = tokenizer.eos_token_id
-        encoded = [Encoded(text, list(ids) + [eos], [1] * (len(ids) + 1), [tuple(o) for o in offs] + [(len(text),) * 2])
-                   for text, ids, offs in zip(batch["text"], enc["input_ids"], enc["offset_mapping"], strict=True)]
-        splittable = config.pack
+        rows, splittable = _text_rows(batch, tokenizer), config.pack
     else:
-        controls = control_pattern(tokenizer)
-        encoded = [encode_chat(tokenizer, m, response_only=config.response_only_loss, controls=controls)
-                   for m in batch["messages"]]
-        splittable = False
-    out: dict[str, list] = {"input_ids": [], "loss_mask": [], "n_tokens": [], "truncated": [], "n_trained": [],
-                            "n_bytes": []}
+        rows, splittable = _chat_rows(batch, tokenizer, config.response_only_loss), False
+    size = len(batch["text" if "text" in batch else "messages"])
+    ids_out: list[np.ndarray] = []
+    mask_out: list[np.ndarray] = []
+    n_tokens = np.zeros(size, dtype=np.int64)
+    n_trained = np.zeros(size, dtype=np.int64)
+    n_bytes = np.zeros(size, dtype=np.int64)
     ctx = config.context_length
-    for row in encoded:
-        n = len(row.input_ids)
+    for i, (text, ids, mask, offsets) in enumerate(rows):
+        n = len(ids)
         keep = ctx if n > ctx and not splittable else n
-        mask = row.loss_mask[:keep]
-        out["input_ids"].append(row.input_ids[:keep])
-        out["loss_mask"].append(mask)
-        out["n_tokens"].append(n)
-        out["truncated"].append(keep < n)
-        out["n_trained"].append(int(sum(mask)))
-        out["n_bytes"].append(trained_bytes(row.text, row.offsets[:keep], mask))
-    return out
+        ids_out.append(ids[:keep])
+        mask_out.append(mask[:keep])
+        n_tokens[i] = n
+        n_trained[i] = int(mask[:keep].sum())
+        n_bytes[i] = _trained_bytes(text, offsets[:keep], mask[:keep])
+    return {"input_ids": ids_out, "loss_mask": mask_out, "n_tokens": n_tokens,
+            "truncated": n_tokens > np.array([len(x) for x in ids_out], dtype=np.int64),
+            "n_trained": n_trained, "n_bytes": n_bytes}
 
 
 def packing_efficiency(lengths: np.ndarray, context_length: int) -> dict[str, float]:
@@ -349,5 +409,8 @@ def tokenize_rows(rows: Any, tokenizer: Any, config: TokenizerConfig, *, desc: s
     """
     if len(rows) == 0 and schema_from is not None:
         return schema_from.select([])
+    from datasets import Features
+
+    features = Features({**rows.features, **token_features()})
     return rows.map(encode_batch, batched=True, batch_size=256, fn_kwargs={"tokenizer": tokenizer, "config": config},
-                    desc=desc)
+                    features=features, desc=desc)
