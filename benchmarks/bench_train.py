@@ -70,6 +70,7 @@ CPU_SPEEDUP_TARGET = 1.5
 GPU_SPEEDUP_TARGET = 8.0
 GPU_MFU_TARGET = 0.45
 QLORA_MEMORY_RATIO = 0.8  # QLoRA peak must be at most this fraction of bf16 LoRA's
+QLORA_ISSUE_MEMORY, QLORA_ISSUE_SPEED = 0.5, 0.8  # issue 12: QLoRA peak <= 0.5x LoRA's at >= 0.8x its tokens/s
 
 
 @dataclass(frozen=True)
@@ -421,7 +422,8 @@ def child_nbtune(spec: dict[str, Any]) -> dict[str, Any]:
             "seq_len": setup.seq_len, "card_flops_per_token": lm.card.flops_per_token,
             "engine_mfu": timed[-1]["mfu"], "compile_requested": compile_flag, "compiled_graphs": compiled,
             "params_trainable": lm.card.params_trainable, "params_total": lm.card.params_total,
-            "weight_format": lm.card.weight_format, "method": lm.method, **_device_facts(device)}
+            "weight_format": lm.card.weight_format, "method": lm.method, "engine_setup": run.engine.setup_report,
+            **_device_facts(device)}
 
 
 def _compiled_graphs() -> int:
@@ -533,7 +535,10 @@ def _spec(recipe: str, setup: Setup, device: str, folder: str | None) -> dict[st
     else:
         spec["kind"] = "nbtune"
         spec["method"] = {"nbtune": "scratch" if folder is None else "full", "nbtune_scratch": "scratch",
+                          "nbtune_eager": "scratch" if folder is None else "full",
                           "nbtune_full": "full", "nbtune_lora": "lora", "nbtune_qlora": "qlora"}[recipe]
+        if recipe == "nbtune_eager":  # the same run as "nbtune" without torch.compile: what compile buys
+            spec["compile"] = False
         if spec["method"] == "scratch":
             spec["folder"] = None
     return spec
@@ -637,6 +642,10 @@ def table_lines(results: list[dict[str, Any]], *, baseline: str = "trainer_defau
         if "micro_batch" in r:
             notes.append(f"micro-batch {r['micro_batch']} x {r['seq_len']}, accum {r['grad_accum']}")
             notes.append(f"compile requested={r['compile_requested']}, graphs compiled={r['compiled_graphs']}")
+            setup = r.get("engine_setup") or {}
+            if setup:
+                notes.append(f"attention {setup.get('attention')}; loss {setup.get('loss')}; compiled at the end "
+                             f"{setup.get('compile')}; {setup.get('memory')}")
             card = r.get("card_flops_per_token")
             if card and abs(card / r["flops_per_token"] - 1) > 0.01:
                 notes.append(f"(the run's own card says {card / 1e9:.2f} GFLOPs/token)")
@@ -666,17 +675,23 @@ def speedup(results: list[dict[str, Any]], recipe: str, baseline: str = "trainer
 def qlora_lines(results: list[dict[str, Any]]) -> tuple[list[str], bool | None]:
     by = {r["recipe"]: r for r in results if r.get("ok")}
     lines = ["| recipe | weights | trainable params | real tokens/s | peak memory (process) | peak memory (training) |"
-             " model memory | loss first -> last |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+             " model memory | loss first -> last | memory savers |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
     for r in results:
         if not r.get("ok"):
             lines.append(f"| {r['recipe']} | FAIL | | | | | | {str(r.get('error', ''))[:160].replace('|', '/')} |")
             continue
         lines.append(f"| {r['recipe']} | {r['weight_format']} | {r['params_trainable']:,} | {r['tokens_per_s']:,.0f} | "
                      f"{human_bytes(r['peak_bytes'])} | {human_bytes(r.get('peak_train_bytes'))} | "
-                     f"{human_bytes(r.get('model_bytes'))} | {r['first_loss']:.3f} -> {r['loss']:.3f} |")
+                     f"{human_bytes(r.get('model_bytes'))} | {r['first_loss']:.3f} -> {r['loss']:.3f} | "
+                     f"{(r.get('engine_setup') or {}).get('memory', '-')} |")
     ok = None
     if "nbtune_qlora" in by and "nbtune_lora" in by:
         ok = by["nbtune_qlora"]["peak_bytes"] <= QLORA_MEMORY_RATIO * by["nbtune_lora"]["peak_bytes"]
+        speed = by["nbtune_qlora"]["tokens_per_s"] / by["nbtune_lora"]["tokens_per_s"]
+        lines += ["", f"QLoRA vs bf16 LoRA: {by['nbtune_qlora']['peak_bytes'] / by['nbtune_lora']['peak_bytes']:.2f}x "
+                  f"the peak memory at {speed:.2f}x the tokens/s (issue 12's target: <= {QLORA_ISSUE_MEMORY}x at >= "
+                  f"{QLORA_ISSUE_SPEED}x)"]
     return lines, ok
 
 
@@ -701,7 +716,8 @@ def run_benchmark(device: str, *, setup: Setup, finetune: bool | None = None, ql
         prep = prepare_folder(device, setup, folder, timeout=_timeout(deadline, child_timeout))
         if not prep.get("ok"):
             log(f"  FAIL preparing the model folder: {prep.get('error')}")
-        recipes: tuple[str, ...] = ("trainer_default", "trainer_flattening", "nbtune", "nbtune_scratch")
+        recipes: tuple[str, ...] = ("trainer_default", "trainer_flattening", "nbtune", "nbtune_eager",
+                                    "nbtune_scratch")
     else:
         recipes = ("trainer_default", "trainer_flattening", "nbtune")
     log(matched_line(setup))
@@ -747,6 +763,12 @@ def run_benchmark(device: str, *, setup: Setup, finetune: bool | None = None, ql
                       if qok is not None else "no result")
         out["checks"].append((f"QLoRA peak memory <= {QLORA_MEMORY_RATIO}x bf16 LoRA's ({qlora_setup.name})",
                               ratio_text, verdict(qok)))
+        if qok is not None:
+            mem = by["nbtune_qlora"]["peak_bytes"] / by["nbtune_lora"]["peak_bytes"]
+            speed = by["nbtune_qlora"]["tokens_per_s"] / by["nbtune_lora"]["tokens_per_s"]
+            out["checks"].append((f"issue 12: QLoRA peak <= {QLORA_ISSUE_MEMORY}x LoRA's at >= {QLORA_ISSUE_SPEED}x "
+                                  "its tokens/s", f"{mem:.2f}x memory at {speed:.2f}x tokens/s",
+                                  verdict(mem <= QLORA_ISSUE_MEMORY and speed >= QLORA_ISSUE_SPEED)))
     return out
 
 

@@ -12,8 +12,11 @@ It checks, through nbtune's public Session API and with local random-init models
    with the same effective batch and step count;
 5. stop at step k + resume gives the losses of an uninterrupted run (max abs difference reported; GPU kernels
    are not bitwise deterministic, so the bound is 1e-2);
-6. the speed table of benchmarks/bench_train.py: the ~360M Llama full fine-tune (nbtune vs Trainer default vs
-   Trainer with DataCollatorWithFlattening), its from-scratch MFU, and ~1B QLoRA vs bf16 LoRA memory.
+6. peak memory of one step at vocabulary 49,152 and 8 x 2048 tokens with the plain loss (full fp32 logits) vs
+   nbtune's fused loss (benchmarks/bench_loss_memory.py);
+7. the speed table of benchmarks/bench_train.py: the ~360M Llama full fine-tune (nbtune compiled and eager vs
+   Trainer default vs Trainer with DataCollatorWithFlattening; the attention kernel and memory savers each run
+   chose are in its notes), its from-scratch MFU, and ~1B QLoRA vs bf16 LoRA memory and speed.
 
 Every part has a time budget; a failing part prints FAIL with its error and the next part runs. The result
 goes to benchmarks/results/gpu-<card>-<date>.md (and train-cuda.md), copied to $OUT when that is set.
@@ -53,6 +56,7 @@ for _p in (str(ROOT), str(HERE)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+import bench_loss_memory  # noqa: E402
 import bench_train as bt  # noqa: E402
 from _machine import RESULTS, machine_lines  # noqa: E402
 
@@ -91,6 +95,9 @@ class Sizes:
     resume_k: int
     oom_vocab: int
     oom_seq_len: int
+    oom_hidden: int
+    loss_batch: int
+    loss_seq: int
     speed: bt.Setup
     qlora: bt.Setup
     part_budget_s: float
@@ -99,7 +106,7 @@ class Sizes:
 
 def gpu_sizes() -> Sizes:
     return Sizes(device="cuda", preset="small", hidden=256, layers=8, context=64, batch=16, steps=40,
-                 resume_steps=10, resume_k=4, oom_vocab=49152, oom_seq_len=1024, speed=bt.GPU_360M, qlora=bt.GPU_1B,
+                 resume_steps=10, resume_k=4, oom_vocab=49152, oom_seq_len=1024, oom_hidden=2048, loss_batch=8, loss_seq=2048, speed=bt.GPU_360M, qlora=bt.GPU_1B,
                  part_budget_s=45, child_timeout_s=100)
 
 
@@ -109,7 +116,7 @@ def dry_sizes() -> Sizes:
                     median_len=60, max_len=256)
     qlora = replace(speed, name="dry-run tiny Llama for QLoRA", nbtune_batch=1, seq_len=128)
     return Sizes(device="cpu", preset="tiny", hidden=64, layers=2, context=32, batch=8, steps=25, resume_steps=8,
-                 resume_k=3, oom_vocab=512, oom_seq_len=64, speed=speed, qlora=qlora, part_budget_s=60,
+                 resume_k=3, oom_vocab=512, oom_seq_len=64, oom_hidden=64, loss_batch=1, loss_seq=256, speed=speed, qlora=qlora, part_budget_s=60,
                  child_timeout_s=120)
 
 
@@ -300,9 +307,15 @@ def part_oom(sz: Sizes, ctx: dict[str, Any]) -> tuple[bool, str]:
 
     seq = sz.oom_seq_len
     if sz.device == "cuda":
+        from nbtune.models.card import activation_bytes
+
         total = torch.cuda.get_device_properties(0).total_memory
-        # fp32 logits alone (the engine's logits.float()) for `micro` sequences must exceed twice the card
-        micro = 2 ** math.ceil(math.log2(2 * total / (seq * sz.oom_vocab * 4)))
+        # the activations of `micro` sequences (the card's count, bf16, fused loss: no logits) must exceed twice
+        # the card; a wide 2-layer model keeps the data small (~2k sequences)
+        h = sz.oom_hidden
+        per_sequence = activation_bytes(layers=2, hidden=h, kv_dim=h // 2, intermediate=round(h * 8 / 3),
+                                        vocab=sz.oom_vocab, batch=1, seq_len=seq, bytes_per_value=2)
+        micro = 2 ** math.ceil(math.log2(2 * total / per_sequence))
     else:
         micro = 16
     steps = 2
@@ -320,7 +333,7 @@ def part_oom(sz: Sizes, ctx: dict[str, Any]) -> tuple[bool, str]:
     s.tokenizer_config = TokenizerConfig(tokenizer="bench word-level", vocab_size=sz.oom_vocab, context_length=seq)
     s._tokens = DatasetDict({"train": rows, "validation": rows.select(range(4))})
     mem = MemoryTrack(sz.device)
-    s.new_model(preset=sz.preset, hidden_size=sz.hidden, layers=2, device=sz.device)
+    s.new_model(preset=sz.preset, hidden_size=sz.oom_hidden, layers=2, device=sz.device)
     mem.loaded()
     simulated = None
     if sz.device != "cuda":  # no real OOM on a CPU: fail like the tests do, above 4 sequences per micro-batch
@@ -406,6 +419,16 @@ def part_speed(sz: Sizes, ctx: dict[str, Any]) -> tuple[bool, str]:
     return all(c[2] in ("PASS", "info") for c in checks), text
 
 
+def part_loss_memory(sz: Sizes, ctx: dict[str, Any]) -> tuple[bool, str]:
+    """The fused loss must take less step memory than the plain one at a 49k vocabulary."""
+    results = bench_loss_memory.run(sz.device, sz.loss_batch, sz.loss_seq, 49152)
+    text = bench_loss_memory.summary(results)
+    if any("error" in r for r in results):
+        return False, text
+    plain, fused = (r["peak_step_bytes"] for r in results)
+    return fused < plain, text
+
+
 PARTS: list[tuple[str, Any, float | None]] = [  # name, function, share of the part budget (x part_budget_s)
     ("imports", part_imports, None),  # no hard limit: an alarm inside `import torch` would break torch
     ("scratch", part_scratch, 1.0),
@@ -415,6 +438,7 @@ PARTS: list[tuple[str, Any, float | None]] = [  # name, function, share of the p
     ("lora-8bit", part_method("lora-8bit"), 1.0),
     ("oom", part_oom, 1.5),
     ("resume", part_resume, 1.0),
+    ("loss_memory", part_loss_memory, 1.0),
     ("speed", part_speed, 0.0),  # gets whatever is left of the total budget
 ]
 
@@ -526,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in written:
             shutil.copy(path, Path(os.environ["OUT"]) / path.name)
     say(f"written: {', '.join(map(str, written))}")
+    print("\n".join(["", "summary:", *(f"  {r:4} {n:12} {s:5.0f} s  {t[:110]}" for n, r, t, s in rows)]), flush=True)
     (tmp / "summary.json").write_text(json.dumps(rows))
     return 0 if all(r in ("PASS",) for _, r, _, _ in rows) else 1
 

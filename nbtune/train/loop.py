@@ -146,7 +146,7 @@ def _compile(module: Any) -> Any:
     """torch.compile, lazily: errors surface in the first step, where the engine falls back to eager."""
     import torch
 
-    return torch.compile(module, dynamic=False)
+    return torch.compile(module)
 
 
 def _read_together(loss: Any, norm: Any) -> tuple[float, float]:
@@ -203,6 +203,7 @@ class Engine:
         self._head: Any = None  # the output head, when the loss runs it itself (fused loss)
         self.attention: Any = None  # attention.AttentionChoice, decided in _prepare_model
         self.memory_choice: Any = None  # memory.MemoryChoice, decided in _prepare_model
+        self.setup_report: dict[str, Any] = {}  # kernels and memory savers of this run (for the run header)
         self.compiled = False
         self.dist: Any = None  # a distributed.DistInfo when several processes train this run
         self._wrapped: Any = None  # the DDP wrapper / FSDP-sharded model, made once
@@ -274,6 +275,7 @@ class Engine:
         compile_wanted = self.config.compile if self.config.compile is not None else device.type == "cuda"
         self._forward = _compile(forward) if compile_wanted else forward
         self.compiled = compile_wanted
+        self.setup_report = self._describe_setup()
 
     def _choose_memory_savers(self) -> Any:
         from nbtune.models.pretrained import bnb_usable
@@ -290,14 +292,12 @@ class Engine:
                                     checkpointing=self.config.gradient_checkpointing,
                                     optimizer=self.config.optimizer, paged_available=paged)
 
-    @property
-    def setup_report(self) -> dict[str, Any]:
+    def _describe_setup(self) -> dict[str, Any]:
         """How this run computes a step (for the run header): attention kernel, loss, compile, memory savers."""
-        return {"attention": self.attention.describe() if self.attention else None,
+        return {"attention": self.attention.describe(),
                 "loss": "fused linear + cross-entropy, chunked" if self._head is not None else
                         "chunked cross-entropy over the logits",
-                "compile": self.compiled,
-                "memory": self.memory_choice.describe() if self.memory_choice else None}
+                "compile": self.compiled, "memory": self.memory_choice.describe()}
 
     @property
     def _fsdp(self) -> bool:
@@ -406,6 +406,7 @@ class Engine:
                 raise
             self.optimizer.zero_grad(set_to_none=True)
             self._forward, self.compiled = self._eager_forward, False
+            self.setup_report = self._describe_setup()
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
             self.emit("error", recovered=True, kind_of_error="compile",
                       message=f"torch.compile failed ({type(exc).__name__}: {first}); training goes on uncompiled "
@@ -472,7 +473,7 @@ class Engine:
         if self.attention is None:  # evaluation before any training step
             self._prepare_model()
         dev = self.lm.device.torch_device
-        as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev, non_blocking=True)  # noqa: E731
+        as_tensor = lambda a: attention.to_device(a, dev)  # noqa: E731
         kwargs = attention.model_kwargs(self.attention, attention.documents(positions), dev)
         dtype = self.lm.device.autocast_dtype
         forward = self._forward if self.lm.model.training else self._eager_forward

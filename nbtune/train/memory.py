@@ -1,8 +1,14 @@
-"""Out-of-memory safety: release what a failed step held, and measure memory.
+"""Memory: out-of-memory safety, measurement, and the memory savers a run uses.
 
 A `torch.OutOfMemoryError` keeps the whole failed step alive through its
 traceback (activations, logits). `release_after_oom` drops those references
 so the memory really comes back, then asks the allocator to return it.
+
+`choose_savers` decides, before the first step, whether the run recomputes
+activations (gradient checkpointing) and whether AdamW keeps its moments in
+8 bits (bitsandbytes' paged AdamW8bit), from the model card's memory model for
+the run's actual micro-batch: each costs speed, so each is used only where the
+estimate says it is needed, or for QLoRA, which is chosen to save memory.
 """
 
 from __future__ import annotations
