@@ -396,3 +396,39 @@ def test_full_fine_tune_gets_8bit_adam_only_when_fp32_state_does_not_fit():
     # 4 GB weights + 4 GB grads + 8 GB AdamW = 16 GB: does not fit 16 GiB x 0.85; with 8-bit state (2 GB) it does
     assert _choose(_card("full", memory_gib=16, **full)).optimizer == "paged_adamw_8bit"
     assert _choose(_card("full", memory_gib=40, **full)).optimizer == "adamw"
+
+
+def test_8bit_adamw_state_survives_a_checkpoint_bitwise():
+    """bitsandbytes keeps the step count as an int; the wrapper stores it as a tensor so checkpoints can hold it.
+
+    (The paged variant needs CUDA; the non-paged AdamW8bit runs on CPU with bitsandbytes >= 0.49 and shares the
+    update code.)
+    """
+    bnb = pytest.importorskip("bitsandbytes")
+    from nbtune.train import checkpoint as ckpt
+    from nbtune.train.memory import checkpointable
+
+    def fresh():
+        torch.manual_seed(0)
+        param = torch.nn.Parameter(torch.randn(4096, 8))
+        return param, checkpointable(bnb.optim.AdamW8bit)([param], lr=1e-2)
+
+    grads = [torch.randn(4096, 8, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    ref, ref_opt = fresh()
+    for g in grads:
+        ref.grad = g.clone()
+        ref_opt.step()
+    first, first_opt = fresh()
+    for g in grads[:2]:
+        first.grad = g.clone()
+        first_opt.step()
+    saved = ckpt._optimizer_tensors(first_opt, {id(first): "w"})
+    assert saved["w::step"].item() == 2.0
+    second, second_opt = fresh()
+    with torch.no_grad():
+        second.copy_(first)
+    ckpt._load_optimizer_tensors(second_opt, {id(second): "w"}, saved)
+    for g in grads[2:]:
+        second.grad = g.clone()
+        second_opt.step()
+    assert torch.equal(second, ref)

@@ -148,17 +148,16 @@ def choose_savers(card: Any, *, device_type: str, precision: str, micro_batch: i
     return MemoryChoice(bool(ckpt), opt, estimate(bool(ckpt), opt), "; ".join(reasons) or "the estimate fits")
 
 
-def paged_adamw_8bit(groups: list[dict], **kwargs: Any) -> Any:
-    """bitsandbytes' PagedAdamW8bit whose state checkpoints like torch's AdamW.
+def checkpointable(optimizer_class: Any) -> Any:
+    """A bitsandbytes 8-bit optimizer class whose state checkpoints like torch's AdamW.
 
     bitsandbytes keeps each parameter's step count as a Python int; nbtune's checkpoints store optimizer state
     as tensors (safetensors). The count is kept as a 0-d CPU tensor between steps and handed to bitsandbytes
     as an int during its update (a host value: no device sync).
     """
     import torch
-    from bitsandbytes.optim import PagedAdamW8bit
 
-    class CheckpointablePagedAdamW8bit(PagedAdamW8bit):
+    class Checkpointable(optimizer_class):
         def update_step(self, group: dict, p: Any, gindex: int, pindex: int) -> None:
             state = self.state[p]
             if isinstance(state.get("step"), torch.Tensor):
@@ -166,4 +165,12 @@ def paged_adamw_8bit(groups: list[dict], **kwargs: Any) -> Any:
             super().update_step(group, p, gindex, pindex)
             state["step"] = torch.tensor(float(state["step"]))
 
-    return CheckpointablePagedAdamW8bit(groups, **kwargs)
+    Checkpointable.__name__ = Checkpointable.__qualname__ = f"Checkpointable{optimizer_class.__name__}"
+    return Checkpointable
+
+
+def paged_adamw_8bit(groups: list[dict], **kwargs: Any) -> Any:
+    """bitsandbytes' PagedAdamW8bit (moments in 8 bits, paged to host memory under pressure), checkpointable."""
+    from bitsandbytes.optim import PagedAdamW8bit
+
+    return checkpointable(PagedAdamW8bit)(groups, **kwargs)
