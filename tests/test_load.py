@@ -458,3 +458,151 @@ def test_find_problems_raw_non_string_override():
     loaded = load_source(["a", "b"])
     problems = find_problems(loaded, raw_non_string=3)
     assert [(p.kind, p.count) for p in problems] == [("non_string", 3)]
+
+
+# --------------------------------------------------------------------------- big files: chunks, bounded memory
+
+
+def _rows_of(n: int, width: int = 40) -> list[dict]:
+    return [{"text": f"document {i} " + "x" * (i % width), "n": i} for i in range(n)]
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "csv", "parquet", "txt", "list", "dataframe", "dataset", "json"])
+def test_every_source_is_read_converted_and_written_in_chunks(tmp_path, kind):
+    import datasets
+    import pandas as pd
+
+    rows = _rows_of(2_500)
+    texts = [r["text"] for r in rows]
+    source: object
+    if kind == "jsonl":
+        source = write_jsonl(tmp_path / "a.jsonl", rows)
+    elif kind == "json":
+        source = tmp_path / "a.json"
+        source.write_text(json.dumps(rows), encoding="utf-8")
+    elif kind == "csv":
+        source = tmp_path / "a.csv"
+        pd.DataFrame(rows).to_csv(source, index=False)
+    elif kind == "parquet":
+        source = tmp_path / "a.parquet"
+        pd.DataFrame(rows).to_parquet(source)
+    elif kind == "txt":
+        source = tmp_path / "a.txt"
+        source.write_text("\n\n".join(texts), encoding="utf-8")
+    elif kind == "list":
+        source = texts
+    elif kind == "dataframe":
+        source = pd.DataFrame(rows)
+    else:
+        source = datasets.Dataset.from_list(rows)
+    loaded = load_source(source, chunk_rows=400)
+    assert loaded.chunk_rows == [400] * 6 + [100]  # never more than one chunk of rows at a time
+    assert loaded.dataset["text"][:] == texts
+    assert loaded.dataset["row_id"][:] == list(range(2_500))
+    assert loaded.dataset.cache_files  # memory-mapped from an Arrow file, so clean/tokenize stream from disk too
+
+
+def test_errors_in_later_chunks_keep_their_line_and_row(tmp_path):
+    import pandas as pd
+
+    rows = _rows_of(1_000)
+    path = tmp_path / "late.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"text": oops}\n', encoding="utf-8")
+    msg = error_of(path, chunk_rows=300)
+    assert "line 1001" in msg and "not valid JSON" in msg
+    bad = [*rows[:700], {"text": {"nested": 1}, "n": 0}]
+    msg = error_of(pd.DataFrame(bad), chunk_rows=300)
+    assert "row 700" in msg
+    csv_path = tmp_path / "late.csv"
+    pd.DataFrame(rows).to_csv(csv_path, index=False)
+    with open(csv_path, "a", encoding="utf-8") as fh:
+        fh.write("only one field\n")
+    msg = error_of(csv_path, chunk_rows=300)
+    assert "line 1002" in msg and "1 fields" in msg
+    msg = error_of(write_jsonl(tmp_path / "kinds.jsonl", [*rows[:500], "a string"]), chunk_rows=300)
+    assert "line 501" in msg and "earlier rows are objects" in msg
+
+
+def test_long_documents_make_smaller_chunks(tmp_path, monkeypatch):
+    from nbtune.data import load
+
+    monkeypatch.setattr(load, "CHUNK_CHARS", 10_000)
+    path = write_jsonl(tmp_path / "long.jsonl", [{"text": "y" * 3_000} for _ in range(20)])
+    loaded = load_source(path, chunk_rows=1_000)
+    assert max(loaded.chunk_rows) <= 4 and sum(loaded.chunk_rows) == 20
+
+
+def test_columns_seen_after_the_first_rows_are_reported(tmp_path):
+    rows = [{"text": f"r{i}"} for i in range(300)] + [{"text": "late", "extra": 1}]
+    loaded = load_source(write_jsonl(tmp_path / "late_key.jsonl", rows), chunk_rows=100)
+    assert loaded.columns == ["text", "extra"]
+
+
+def test_find_problems_counts_all_but_keeps_five_examples():
+    texts = ["same"] * 8 + [""] * 7 + [f"u{i}" for i in range(20)]
+    problems = {p.kind: p for p in find_problems(load_source(texts, chunk_rows=3))}
+    assert problems["duplicate"].count == 7 and problems["duplicate"].examples == [1, 2, 3, 4, 5]
+    assert problems["empty"].count == 7 and problems["empty"].examples == [8, 9, 10, 11, 12]
+
+
+_PEAK_CHILD = r"""
+import json, sys, threading, time
+from pathlib import Path
+
+def anon():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+from nbtune.data.load import find_problems, load_source
+find_problems(load_source(["warm up"]))  # imports and first-use allocations before the baseline
+base = anon()
+peak = [base]
+done = threading.Event()
+def sample():
+    while not done.is_set():
+        peak[0] = max(peak[0], anon())
+        time.sleep(0.002)
+t = threading.Thread(target=sample, daemon=True)
+t.start()
+loaded = load_source(sys.argv[1], chunk_rows=int(sys.argv[2]))
+find_problems(loaded)
+done.set()
+t.join()
+peak[0] = max(peak[0], anon())
+print(json.dumps({"rows": len(loaded.dataset), "growth": peak[0] - base}))
+"""
+
+
+def _peak_growth(path: Path, chunk_rows: int) -> dict:
+    """Growth of anonymous memory (RssAnon, sampled) while a child process loads `path` and finds its problems."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _PEAK_CHILD, str(path), str(chunk_rows)], capture_output=True, text=True,
+                         timeout=120, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RssAnon from /proc (Linux)")
+def test_memory_of_a_load_does_not_grow_with_the_file(tmp_path):
+    """Loading a 50 MB JSONL file needs about as much memory as a 5 MB one, not ten times as much.
+
+    Both files span several chunks of 1,000 rows (~1 MB of text), so both peaks are about one chunk.
+    Measured: ~9 MiB (5 MB) and ~12 MiB (50 MB) streaming; with the whole file as one chunk
+    (chunk_rows=10**9, i.e. rows held in memory), 25 and 86 MiB, which fails the check below.
+    """
+    line = json.dumps({"text": "In the beginning God created the heaven and the earth. " * 17, "n": 0})
+
+    def write(name: str, rows: int) -> Path:
+        path = tmp_path / name
+        with open(path, "w", encoding="utf-8") as fh:
+            for i in range(rows):
+                fh.write(line.replace('"n": 0', f'"n": {i}').replace("beginning", f"beginning {i}") + "\n")
+        return path
+
+    small = _peak_growth(write("small.jsonl", 5_000), chunk_rows=1_000)
+    big = _peak_growth(write("big.jsonl", 50_000), chunk_rows=1_000)
+    assert (small["rows"], big["rows"]) == (5_000, 50_000)
+    assert big["growth"] <= 1.5 * small["growth"] + 8 * 2**20, (small, big)  # ratio, plus allocator noise

@@ -1322,7 +1322,7 @@ def load_source(
 # --------------------------------------------------------------------------- problems
 
 
-_PROBLEM_BATCH = 10_000
+_PROBLEM_BATCH = 1_000  # rows per batch read back from Arrow (memory holds one batch of texts)
 
 
 def _row_batches(loaded: LoadedData) -> Iterator[tuple[list[int], list[Any], bool]]:
