@@ -142,7 +142,11 @@ class DataPanel(Panel):
 
     def clear_upload(self) -> None:
         """Empty the upload widget (its value holds every uploaded byte)."""
-        self.upload.value = {} if isinstance(self.upload.value, dict) else ()
+        if isinstance(self.upload.value, dict):  # ipywidgets 7: value is read-only, computed from data + metadata
+            self.upload.data, self.upload.metadata = [], []
+            self.upload.set_trait("value", {})
+        else:
+            self.upload.value = ()
 
     def do_split(self) -> None:
         self.jobs.run("splitting", lambda: self.session.split(**self.split.config().to_dict()),
