@@ -995,7 +995,7 @@ class Session:
         lm = self._require_model("export")
         if self._run is not None and self._run.status == "running":
             raise StageOrderError("a run is training this model right now: pause or stop it (run.pause()) first")
-        target = Path(directory)
+        target = Path(directory).expanduser()
         target = target if target.is_absolute() else self.workdir / target
         report = export_model(lm, target, merge=merge, chat_template=chat_template,
                               tokenizer=None if lm.tokenizer is not None else self._tokenizer,
@@ -1018,7 +1018,7 @@ class Session:
         """
         from nbtune.recipe import ROWS_FILE, export_recipe
 
-        target = Path(directory)
+        target = Path(directory).expanduser()
         target = target if target.is_absolute() else self.workdir / target
         recipe = export_recipe(self, target, data=data, strategy=strategy, train_overrides=train_overrides)
         sources = recipe["data"]["sources"]

@@ -52,3 +52,14 @@ def test_report_path_with_a_tilde_goes_to_the_home_folder(tmp_path, monkeypatch)
     s = nbtune.Session(tmp_path / "p")
     s.load(counting_docs(30))
     assert s.report("~/r.html") == (tmp_path / "home" / "r.html").resolve()
+
+
+def test_export_paths_with_a_tilde_go_to_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    s = nbtune.Session(tmp_path / "p")
+    s.load(counting_docs(60))
+    s.tokenize(vocab_size=300, context_length=32)
+    s.new_model(preset="tiny", layers=2, hidden_size=64, heads=4, kv_heads=2)
+    s.export("~/my-model", smoke_prompt=None)
+    assert (tmp_path / "home" / "my-model" / "config.json").is_file()
+    assert not (s.workdir / "~").exists()
