@@ -201,7 +201,7 @@ class Session:
             if fresh:
                 self._start_over()
             elif self._store.exists():
-                self._restore(self._store.read_state())
+                self._restore_current()
                 self._opened_note = f"opened: saved {self._saved_at or 'earlier'}" + (
                     f"; {self._recovered}" if self._recovered else "")
             elif read_only:
@@ -1218,6 +1218,17 @@ class Session:
             raise DataError("no saved nbtune session here", path=path.parent,
                             fix="check the folder name, or create one with nbtune.Session(workdir)")
         return cls(path.parent, autosave=autosave, read_only=read_only)
+
+    def _restore_current(self) -> None:
+        """Restore what session.json says now; a read-only view retries once if the writer committed meanwhile
+        (and so removed the folders of the generation it had started to read)."""
+        for attempt in (1, 2):
+            try:
+                self._restore(self._store.read_state())
+                return
+            except FileNotFoundError:
+                if not self.read_only or attempt == 2:
+                    raise
 
     def _restore(self, state: dict[str, Any]) -> None:
         """Take over a saved state: settings, runs, and the data folders of its generation."""

@@ -209,7 +209,16 @@ def hold(workdir: Path, user: Any) -> _Holding:
             holding = _Holding(lock)
             _holdings[workdir] = holding
         holding.users.add(user)
+        weakref.finalize(user, _release_if_unused, workdir)  # a Session dropped without close() lets go too
         return holding
+
+
+def _release_if_unused(workdir: Path) -> None:
+    with _holdings_lock:
+        holding = _holdings.get(workdir)
+        if holding is not None and not any(True for _ in holding.users):  # iterating skips the dying one
+            holding.lock.release()
+            del _holdings[workdir]
 
 
 def let_go(workdir: Path, user: Any) -> None:
@@ -219,7 +228,7 @@ def let_go(workdir: Path, user: Any) -> None:
         if holding is None:
             return
         holding.users.discard(user)
-        if not len(holding.users):
+        if not any(True for _ in holding.users):
             holding.lock.release()
             del _holdings[workdir]
 

@@ -523,3 +523,14 @@ def test_an_extension_stopped_and_resumed_after_a_restart_is_bitwise_exact(tmp_p
               if r["kind"] == "step"]
     assert logged[4:] == expected
     assert json.loads(out.stdout.strip().splitlines()[-1]) == expected[3:]
+
+
+def test_a_session_dropped_without_close_lets_go_of_the_project(tmp_path):
+    import gc
+
+    s = prepared(tmp_path / "p")
+    del s
+    gc.collect()
+    out = python("import sys, nbtune; print(len(nbtune.Session(sys.argv[1]).dataset))", str(tmp_path / "p"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == str(len(counting_docs()))
