@@ -1290,13 +1290,14 @@ def load_source(
     needed = list(dict.fromkeys(info.mapping.values()))
     try:
         for part in parts:
-            for chunk in part.chunks(needed, chunk_rows):
-                converted = convert(chunk.records, info, source=part.path, lines=chunk.lines,
-                                    start_row_id=rows.rows, first_keys=first_keys, first_row=chunk.first_row)
-                rows.write(converted.batch)
-                chunk_sizes.append(len(chunk.records))
-                non_string += converted.non_string_values
-                examples.extend(converted.non_string_rows[: _MAX_EXAMPLES - len(examples)])
+            with contextlib.closing(part.chunks(needed, chunk_rows)) as chunks:  # closes the file on an error
+                for chunk in chunks:
+                    converted = convert(chunk.records, info, source=part.path, lines=chunk.lines,
+                                        start_row_id=rows.rows, first_keys=first_keys, first_row=chunk.first_row)
+                    rows.write(converted.batch)
+                    chunk_sizes.append(len(chunk.records))
+                    non_string += converted.non_string_values
+                    examples.extend(converted.non_string_rows[: _MAX_EXAMPLES - len(examples)])
         dataset = rows.finish()
     except BaseException:
         rows.discard()
