@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from nbtune.config import CleanConfig, SplitConfig, TokenizerConfig
-from nbtune.data import column
+from nbtune.data import column, column_array, text_lengths
 from nbtune.errors import ConfigError, DataError, StageOrderError
 from nbtune.storage import atomic_write_json
 from nbtune.store import STATE_FILE, ProjectLockedError, StaleSessionError, Store, hold, let_go, live_sessions
@@ -101,13 +101,6 @@ def _row_text(row: dict[str, Any]) -> str:
     if "text" in row:
         return row["text"]
     return "\n".join(f"{m['role']}: {m['content']}" for m in row["messages"])
-
-
-def _doc_texts(dataset: Any) -> list[str]:
-    from nbtune.data.tokens import document_text
-
-    name = "text" if "text" in dataset.column_names else "messages"
-    return [document_text({name: value}) for value in column(dataset, name)]
 
 
 class StageLock:
@@ -363,7 +356,7 @@ class Session:
 
     def _split(self, dataset: Any, n_loaded: int, config: SplitConfig) -> tuple[Any, Any]:
         val_ids = self._validation_ids(n_loaded, config)
-        row_ids = np.asarray(column(dataset, "row_id"), dtype=np.int64)
+        row_ids = column_array(dataset, "row_id").astype(np.int64)
         is_val = np.isin(row_ids, val_ids)
         return dataset.select(np.flatnonzero(~is_val)), dataset.select(np.flatnonzero(is_val))
 
@@ -447,15 +440,15 @@ class Session:
 
     def _load_report(self, dataset: Any, loaded: Any, origin: dict, problems: list[ProblemInfo],
                      split_config: SplitConfig, seconds: float) -> LoadReport:
-        texts = _doc_texts(dataset)
+        chars, words = text_lengths(dataset)  # batch by batch: no list of every document's text
         train, val = self._split(dataset, len(dataset), split_config)
         sample_rows = dataset.select(range(min(5, len(dataset))))
         sample = [(row["row_id"], _row_text(row)) for row in sample_rows]
         return LoadReport(
             source=_describe_origin(origin), format=loaded.format, format_reason=loaded.format_reason,
             mapping=loaded.mapping, columns=loaded.columns, rows=len(dataset), train_rows=len(train),
-            validation_rows=len(val), sample=sample, char_lengths=[len(t) for t in texts],
-            word_lengths=[len(t.split()) for t in texts], problems=problems, seconds=seconds)
+            validation_rows=len(val), sample=sample, char_lengths=chars.tolist(),
+            word_lengths=words.tolist(), problems=problems, seconds=seconds)
 
     @_stage()
     def split(self, validation_fraction: float | None = None, seed: int | None = None) -> SplitReport:
@@ -835,7 +828,7 @@ class Session:
             bus.subscribe(live)
         elif progress if progress is not None else not background:
             bus.subscribe(ConsoleProgress())
-        for listener in listeners:
+        for listener in (*listeners, *tracked):
             bus.subscribe(listener)
         run = Run(record["id"], run_dir, lambda: self._make_engine(record, settings, bus, token), bus, token,
                   recorder, background)
@@ -1445,7 +1438,7 @@ def _token_report(tokenized: Any, tokenizer: Any, name: str, settings: Tokenizer
     kept = np.minimum(lengths, settings.context_length) if not (data_format == "text" and settings.pack) else lengths
     total_train = int(kept[: len(train)].sum())
     trained = int(np.sum(column(train, "n_trained")))
-    chars = sum(len(t) for t in _doc_texts(train))
+    chars = int(text_lengths(train)[0].sum())
     over = int((lengths > settings.context_length).sum())
     splittable = data_format == "text" and settings.pack
     action = "split across packed sequences (nothing lost)" if splittable else "truncated to the context length"
