@@ -288,16 +288,19 @@ class TrainConfig(_Config):
     epochs: float | None = _opt(None, "Passes over the training tokens (used when steps is not set).", min=0.01)
     token_budget: int | None = _opt(None, "Train on about this many tokens (used when steps and epochs are not set).",
                                     min=1)
-    learning_rate: float = _opt(1e-3, "Peak learning rate (scratch models like ~1e-3, LoRA ~2e-4, full fine-tune "
-                                "~2e-5).", min=0.0, max=1.0)
+    learning_rate: float | None = _opt(None, "Peak learning rate. None: the model's method's default (scratch 1e-3, "
+                                       "full 2e-5, lora / qlora / lora-8bit 2e-4), recorded in run.json.",
+                                       min=0.0, max=1.0)
     schedule: str = _opt("cosine", "Learning-rate schedule after warmup.", choices=["cosine", "linear", "constant"])
     warmup_steps: int | None = _opt(None, "Linear warmup steps (default: 5% of the steps).", min=0)
     min_lr_ratio: float = _opt(0.1, "Cosine/linear schedules end at this fraction of the peak rate.", min=0.0, max=1.0)
     weight_decay: float = _opt(0.1, "AdamW weight decay (not applied to norms and biases).", min=0.0)
-    batch_size: int = _opt(8, "Sequences per micro-batch.", min=1)
+    batch_size: int | None = _opt(None, "Sequences per micro-batch. None: the method's default (8 for scratch and "
+                                  "lora; 4 for full, qlora, lora-8bit, which hold more memory per sequence).", min=1)
     batch_tokens: int | None = _opt(None, "Tokens per optimizer step; sets gradient accumulation from batch_size "
                                     "and the sequence length (wins over grad_accum).", min=1)
-    grad_accum: int = _opt(1, "Micro-batches per optimizer step.", min=1)
+    grad_accum: int | None = _opt(None, "Micro-batches per optimizer step. None: the method's default (1 for scratch "
+                                  "and lora, 2 for full, qlora, lora-8bit: 8 sequences per step either way).", min=1)
     seq_len: int | None = _opt(None, "Packed sequence length (default: the tokenizer settings' context_length).",
                                min=8)
     max_grad_norm: float | None = _opt(1.0, "Clip the gradient norm to this (None: no clipping).", min=0.0)
@@ -328,6 +331,60 @@ class TrainConfig(_Config):
                                      "the user's message). None: no samples.")
     background: bool | None = _opt(None, "Run in a worker thread so the notebook stays usable (default: yes in "
                                    "JupyterLab, no in scripts, Colab and VS Code).")
+    log_to: str | None = _opt(None, "Experiment trackers that also receive the run's metrics: 'tensorboard', "
+                              "'trackio', or both ('tensorboard,trackio' or a list). None: only nbtune's own "
+                              "metrics.jsonl. Needs the tracker's package (pip install 'nbtune[trackers]').")
+    log_dir: str | None = _opt(None, "TensorBoard: write event files to <log_dir>/<session folder name>/<run id> "
+                               "(e.g. one shared folder for a class). None: runs/<run id>/tensorboard in the session.")
+    log_project: str | None = _opt(None, "Trackio: the project the run is logged to, as '<session folder name>/"
+                                   "<run id>' (None: the session folder's name). Trackio stores it under "
+                                   "TRACKIO_DIR (default ~/.cache/huggingface/trackio).")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.log_to, (list, tuple)):  # log_to=["tensorboard", "trackio"] is stored as one string
+            self.log_to = ",".join(str(name) for name in self.log_to)
+        super().__post_init__()
+
+    def _check(self) -> None:
+        for name in tracker_names(self.log_to):
+            if name not in TRACKERS:
+                close = difflib.get_close_matches(name, TRACKERS, n=1)
+                raise ConfigError(f"{name!r} is not a tracker nbtune knows", column="log_to",
+                                  fix=(f"did you mean {close[0]!r}? " if close else "")
+                                  + f"use {' or '.join(map(repr, TRACKERS))}, or a comma-separated list of them")
+
+    def for_method(self, method: str) -> TrainConfig:
+        """A copy with the settings left at None (learning rate, batch) filled in with `method`'s defaults."""
+        defaults = METHOD_DEFAULTS[method]
+        missing = {name: value for name, value in defaults.items() if getattr(self, name) is None}
+        return self.replace(**missing) if missing else self
+
+
+TRACKERS = ("tensorboard", "trackio")
+
+
+def tracker_names(log_to: str | None) -> list[str]:
+    """'tensorboard, trackio' -> ['tensorboard', 'trackio'] (no duplicates, in the order given)."""
+    names = [part.strip().lower() for part in (log_to or "").split(",") if part.strip()]
+    return list(dict.fromkeys(names))
+
+
+# What a run uses when learning_rate / batch_size / grad_accum are left at None, per method. Sources:
+# - lora / qlora / lora-8bit, 2e-4: the QLoRA paper (Dettmers et al. 2023, appendix: 2e-4 for 7B-13B models) and
+#   Unsloth's LoRA hyperparameters guide ("2e-4 as a starting point for LoRA/QLoRA"; batch 2 x accumulation 4);
+# - full, 2e-5: TRL's SFT examples and trainer (`trl sft --learning_rate 2.0e-5`; SFTConfig's default), about a
+#   tenth of LoRA's rate because every weight moves;
+# - scratch, 1e-3: nanoGPT's small character model (config/train_shakespeare_char.py) and nbtune's presets, which
+#   are 1M-40M parameters (larger models want less: GPT-2 124M used 6e-4);
+# - batch: 8 sequences per optimizer step for every method; the methods that keep more memory per sequence (full:
+#   AdamW state for every weight; qlora / lora-8bit: dequantized activations) take them as 4 x 2 micro-batches.
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "scratch": {"learning_rate": 1e-3, "batch_size": 8, "grad_accum": 1},
+    "full": {"learning_rate": 2e-5, "batch_size": 4, "grad_accum": 2},
+    "lora": {"learning_rate": 2e-4, "batch_size": 8, "grad_accum": 1},
+    "qlora": {"learning_rate": 2e-4, "batch_size": 4, "grad_accum": 2},
+    "lora-8bit": {"learning_rate": 2e-4, "batch_size": 4, "grad_accum": 2},
+}
 
 
 @dataclass

@@ -352,14 +352,17 @@ def _checkpoint_to_resume(run_dir: Path, resume: bool, info: Any) -> Path | None
     return None
 
 
-def _bus(run_dir: Path, info: Any, progress: bool) -> Any:
-    """Rank 0 records metrics (and shows progress); the other ranks' events go nowhere."""
+def _bus(run_dir: Path, info: Any, progress: bool, settings: Any, record: dict[str, Any]) -> Any:
+    """Rank 0 records metrics (and shows progress, and feeds log_to's trackers); the other ranks' events go nowhere."""
     from nbtune.events import EventBus
+    from nbtune.train import trackers
     from nbtune.train.listeners import ConsoleProgress, MetricsFile
 
     bus = EventBus()
     if info is None or info.is_main:
         bus.subscribe(MetricsFile(run_dir / "metrics.jsonl"))
+        for listener in trackers.listeners_for(settings, run_dir, record):
+            bus.subscribe(listener)
         if progress:
             bus.subscribe(ConsoleProgress())
     return bus
@@ -391,7 +394,7 @@ def run_recipe(folder: str | Path, *, out: str | Path | None = None, run_id: str
     workdir = Path(out).expanduser().resolve() if out else folder / "output"
     run_id = run_id or f"{recipe['name']}-{_method(recipe)}"
     settings = TrainConfig.from_dict(recipe["train"], path=folder / RECIPE_FILE).replace(
-        background=False, **({"steps": steps} if steps else {}))
+        background=False, **({"steps": steps} if steps else {})).for_method(_method(recipe))
     info = distributed.from_env(_strategy(recipe, strategy))
     checkpoint = _checkpoint_to_resume(workdir / "runs" / run_id, resume, info)  # before the slow part
     backend = distributed.init(info) if info is not None else None
@@ -420,7 +423,7 @@ def _train(session: Any, record: dict[str, Any], settings: Any, checkpoint: Path
     with _run_lock(run_dir, info):
         if checkpoint is None and (info is None or info.is_main):
             session._write_run_file(record)
-        engine = session._make_engine(record, settings, _bus(run_dir, info, progress), StopToken())
+        engine = session._make_engine(record, settings, _bus(run_dir, info, progress, settings, record), StopToken())
         if info is not None:
             engine.distribute(info)
         if checkpoint is not None:

@@ -814,12 +814,16 @@ class Session:
     def _make_run(self, record: dict[str, Any], settings: Any, listeners: tuple, progress: bool | None,
                   live: bool | None = None) -> Any:
         from nbtune.events import EventBus, StopToken
+        from nbtune.train import trackers
         from nbtune.train.listeners import ConsoleProgress, MetricsFile, MetricsRecorder
         from nbtune.train.run import Run, default_background
 
         background = settings.background if settings.background is not None else default_background()
         bus, token, recorder = EventBus(), StopToken(), MetricsRecorder()
         run_dir = self.workdir / record["dir"]
+        settings = settings.for_method(record["method"])  # learning rate / batch left at None: the method's defaults
+        record["config"] = settings.to_dict()
+        tracked = trackers.listeners_for(settings, run_dir, record)  # log_to=...; a missing package raises here
         bus.subscribe(recorder)
         bus.subscribe(MetricsFile(run_dir / "metrics.jsonl"))
         bus.subscribe(self._run_bookkeeper(record), kinds=("checkpoint", "run_end", "run_start"))
