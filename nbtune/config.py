@@ -405,6 +405,10 @@ class LabConfig(_Config):
                                 min=0.01)
     max_scratch_steps: int = _opt(1000, "Upper bound on the scratch arm's steps (keeps the lab short on CPUs).",
                                   min=1)
+    scratch_compute: tuple | None = _opt(None, "Compute sweep: on all the data, also train the scratch arm with these "
+                                         "multiples of the fine-tune arm's FLOPs, e.g. (1, 10, 100), and say at which "
+                                         "one it matches the fine-tune (None: no sweep; each multiple is one more "
+                                         "scratch run, capped at max_scratch_steps).")
     seq_len: int = _opt(128, "Packed sequence length for both arms.", min=16)
     batch_size: int = _opt(4, "Sequences per step for both arms.", min=1)
     finetune_lr: float = _opt(2e-4, "Peak learning rate of the fine-tune arm.", min=0.0)
@@ -418,3 +422,7 @@ class LabConfig(_Config):
         if bad or not self.fractions:
             raise ConfigError(f"fractions must be in (0, 1], got {list(self.fractions)!r}", column="fractions",
                               fix="use e.g. (0.1, 0.3, 1.0)")
+        if self.scratch_compute is not None and (not self.scratch_compute or any(
+                isinstance(m, bool) or not isinstance(m, (int, float)) or m <= 0 for m in self.scratch_compute)):
+            raise ConfigError(f"scratch_compute must be positive multiples, got {list(self.scratch_compute)!r}",
+                              column="scratch_compute", fix="use e.g. (1, 10, 100), or None for no sweep")

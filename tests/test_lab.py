@@ -1,11 +1,14 @@
-"""The lab runs end to end on tiny models and reports curves, tables, ratios and the four differences."""
+"""The lab runs end to end on tiny models and reports curves, tables, ratios, warnings, the compute sweep and the
+four differences."""
 
 from __future__ import annotations
 
 import pytest
 
 import nbtune
-from nbtune.eval.lab import ArmResult
+from nbtune.config import LabConfig
+from nbtune.eval.lab import ArmResult, LabResult
+from nbtune.viz.lab_report import LabReport
 
 
 def test_lab_end_to_end_on_tiny_models(tmp_path, tiny_pretrained, counting_down_docs):
@@ -23,8 +26,11 @@ def test_lab_end_to_end_on_tiny_models(tmp_path, tiny_pretrained, counting_down_
     assert arms[1].train_rows < arms[3].train_rows
     assert report.result.target_bpb == arms[2].final_bpb
     html = report._repr_html_()
-    for words in ("Data:", "Compute:", "Starting point:", "Purpose:", "FLOPs to target"):
+    for words in ("Data:", "Compute:", "Starting point:", "Purpose:", "FLOPs to target", "best bits/byte"):
         assert words in html
+    for arm in arms:  # the best point is the curve's minimum, and where it was reached
+        assert arm.best_bpb == min(p["bpb"] for p in arm.curve) <= arm.final_bpb
+        assert f"{arm.best_bpb:.3f}" in html
     assert len(report.figures()) == 2 and len(report.figures()[0].data) == 4
     assert (s.workdir / "lab" / "lab-001" / "result.json").exists()  # each lab() gets its own folder
     assert all(arm.run_dir.startswith(str(s.workdir / "lab" / "lab-001")) for arm in arms)
@@ -45,3 +51,68 @@ def test_lab_needs_held_out_rows(tmp_path, counting_down_docs):
     s.load(counting_down_docs[:30], validation_fraction=0.0)
     with pytest.raises(nbtune.DataError, match="held-out"):
         s.lab()
+
+
+def _curve(*bpbs: float, flops_per_step: float = 100.0) -> list[dict]:
+    return [{"step": i, "tokens_seen": 10 * i, "flops": flops_per_step * i, "elapsed": float(i), "bpb": b, "loss": b}
+            for i, b in enumerate(bpbs)]
+
+
+def _arm(arm: str, *bpbs: float, fraction: float = 1.0, **extra) -> ArmResult:
+    return ArmResult(arm, fraction, 10, 100, len(bpbs) - 1, 1.0, 1, 1, curve=_curve(*bpbs, **extra.pop("fl", {})),
+                     **extra)
+
+
+def test_an_arm_that_ends_worse_than_its_best_is_called_overfitting():
+    assert _arm("fine-tune", 3.0, 2.0, 1.5).warnings() == []
+    [said] = _arm("fine-tune", 3.0, 2.0, 1.5, 1.9).warnings()
+    assert "best at step 2 (1.500 bits/byte)" in said and "ended at 1.900" in said and "overfitting" in said
+    assert "worse than the base model" in _arm("fine-tune", 2.0, 2.5, 2.6).warnings()[0]
+    assert _arm("scratch", 5.0, 5.0005).warnings() == []  # evaluation noise is not a trend
+
+
+def test_a_scratch_arm_that_ends_worse_than_it_started_is_flagged():
+    said = _arm("scratch", 5.0, 4.0, 5.5).warnings()
+    assert len(said) == 2 and "ended worse than it started (5.000 -> 5.500" in said[0]
+    assert "best at step 1" in said[1]
+
+
+def _result(sweep: dict[float, tuple], *, capped: float | None = None) -> LabResult:
+    config = LabConfig(fractions=(1.0,), scratch_compute=tuple(sweep))
+    arms = [_arm("fine-tune", 3.0, 2.0), _arm("scratch", 8.0, *sweep[1.0], compute=1.0)]
+    arms += [_arm("scratch", 8.0, *bpbs, compute=m, sweep=True, capped=m == capped,
+                  fl={"flops_per_step": 100.0 * m / len(bpbs)}) for m, bpbs in sweep.items() if m != 1.0]
+    return LabResult(config=config, arms=arms, target_bpb=2.0, held_out_rows=8, seconds=1.0)
+
+
+def test_the_compute_sweep_says_where_scratch_matched_the_fine_tune():
+    result = _result({1.0: (4.0,), 10.0: (3.0, 2.5), 100.0: (2.2, 1.9, 2.1)})
+    assert [a.compute for a in result.sweep()] == [1.0, 10.0, 100.0]
+    verdict = result.sweep_verdict()
+    assert "matched the fine-tune arm (2.000 bits/byte) with 100x its compute" in verdict
+    assert "with 1x, 10x it did not" in verdict
+    report = LabReport(result)
+    html = report._repr_html_()
+    assert "Compute sweep" in html and verdict.split(" (")[0] in html and "overfitting" in html
+    assert len(report.figures()) == 3 and len(report.figures()[2].data) == 4
+
+
+def test_the_compute_sweep_says_when_scratch_never_matched():
+    verdict = _result({1.0: (4.0,), 10.0: (3.0, 2.5)}, capped=10.0).sweep_verdict()
+    assert verdict.startswith("Scratch did not match the fine-tune arm (2.000 bits/byte) even with 10x its compute")
+    assert "best was 2.500 bits/byte at 10x" in verdict and "capped at max_scratch_steps: 10x" in verdict
+
+
+def test_lab_compute_sweep_end_to_end(tmp_path, tiny_pretrained, counting_down_docs):
+    s = nbtune.Session(tmp_path / "sweep")
+    s.load(counting_down_docs)
+    report = s.lab(base=str(tiny_pretrained), fractions=(1.0,), finetune_steps=3, scratch_vocab_size=280,
+                   max_scratch_steps=12, seq_len=32, batch_size=4, finetune_lr=1e-2, evaluations=2,
+                   max_eval_rows=8, scratch_compute=(1, 4))
+    result = report.result
+    assert [(a.arm, a.compute, a.sweep) for a in result.arms] == [("fine-tune", None, False), ("scratch", 1.0, False),
+                                                                  ("scratch", 4.0, True)]
+    x1, x4 = result.sweep()
+    assert 4 * x1.steps <= x4.steps < 4 * (x1.steps + 1) or x4.capped  # 4x the FLOPs: 4x the steps (or the cap)
+    assert result.sweep_verdict().startswith(("Scratch matched", "Scratch did not match"))
+    assert "Compute sweep" in report._repr_html_()
