@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from nbtune.config import CleanConfig, SplitConfig, TokenizerConfig
+from nbtune.config import (
+    CleanConfig,
+    LabConfig,
+    PretrainedModelConfig,
+    ScratchModelConfig,
+    SplitConfig,
+    TokenizerConfig,
+    TrainConfig,
+)
 from nbtune.errors import ConfigError, DataError, NbtuneError, StageOrderError
 
 __version__ = "0.1.0"
@@ -20,15 +28,22 @@ __all__ = [
     "CleanConfig",
     "SplitConfig",
     "TokenizerConfig",
+    "ScratchModelConfig",
+    "PretrainedModelConfig",
+    "TrainConfig",
+    "LabConfig",
     "ConfigError",
     "DataError",
     "NbtuneError",
     "StageOrderError",
+    "ProjectLockedError",
+    "StaleSessionError",
     "__version__",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
     from nbtune.session import Session
+    from nbtune.store import ProjectLockedError, StaleSessionError
     from nbtune.ui.app import App
 
 
@@ -41,4 +56,8 @@ def __getattr__(name: str) -> Any:
         from nbtune.ui.app import App
 
         return App
+    if name in ("ProjectLockedError", "StaleSessionError"):
+        from nbtune import store
+
+        return getattr(store, name)
     raise AttributeError(f"module 'nbtune' has no attribute {name!r}")

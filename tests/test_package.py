@@ -26,6 +26,18 @@ def test_import_nbtune_imports_nothing_heavy():
     assert json.loads(out.strip().splitlines()[-1]) == []
 
 
+def test_every_settings_and_error_class_the_readme_names_is_importable_from_nbtune():
+    import nbtune
+
+    readme = (ROOT / "README.md").read_text()
+    named = set(re.findall(r"\bnbtune\.([A-Z]\w+)", readme))
+    named |= set(re.findall(r"\b([A-Z][A-Za-z]+(?:Config|Error))\b", readme)) - {"OutOfMemoryError", "ValueError"}
+    assert {"TrainConfig", "LabConfig", "ScratchModelConfig", "PretrainedModelConfig", "ProjectLockedError"} <= named
+    missing = sorted(name for name in named if not hasattr(nbtune, name))
+    assert missing == []
+    assert set(nbtune.__all__) >= named
+
+
 def test_core_never_imports_ipywidgets(tmp_path):
     code = (
         "import sys, json, nbtune\n"
