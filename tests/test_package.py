@@ -80,3 +80,17 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert "pytest" in test_command
     ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert test_command in ci_lines
+
+
+def test_the_notebooks_session_folders_are_ignored_by_git():
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    folders = []
+    for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        source = "".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"])
+        found = re.search(r"^WORKDIR = (?:pathlib\.Path\()?'([^']+)'", source, re.MULTILINE)
+        assert found, f"{notebook.name}: no WORKDIR = '...' in its cells"
+        folders.append(f"notebooks/{found.group(1)}/session.json")
+    assert len(folders) == 4
+    checked = subprocess.run(["git", "check-ignore", "--no-index", *folders], capture_output=True, text=True, cwd=ROOT)
+    assert sorted(checked.stdout.split()) == sorted(folders)
