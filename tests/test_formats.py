@@ -17,7 +17,8 @@ def _detect(records: list[dict]) -> FormatInfo:
 
 
 def test_formats_constant():
-    assert FORMATS == ("text", "instruction", "prompt_completion", "chat")
+    assert FORMATS == ("text", "instruction", "prompt_completion", "chat", "preference", "unpaired_preference",
+                       "stepwise")
 
 
 @pytest.mark.parametrize("name", ["text", "content", "body", "document", "story", "Text"])
@@ -87,7 +88,7 @@ def test_detect_sharegpt():
 
 
 def test_detect_chat_in_oddly_named_column():
-    rows = [{"turns_here": [{"role": "user", "content": "hi"}]}]
+    rows = [{"turns_here": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}]
     assert _detect(rows).mapping == {"messages": "turns_here"}
 
 
@@ -252,8 +253,8 @@ def test_mixed_shape_names_keys():
 
 def test_unknown_role_is_error():
     info = FormatInfo("chat", {"messages": "messages"}, "")
-    with pytest.raises(DataError, match="tool"):
-        to_canonical([{"messages": [{"role": "tool", "content": "x"}]}], info, source="c.jsonl", first_line=1)
+    with pytest.raises(DataError, match="narrator"):
+        to_canonical([{"messages": [{"role": "narrator", "content": "x"}]}], info, source="c.jsonl", first_line=1)
 
 
 def test_bad_message_shape():

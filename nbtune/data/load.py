@@ -43,7 +43,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nbtune.data.formats import CHAT_NAMES, FormatInfo, convert, resolve_format
+from nbtune.data.formats import (
+    CHAT_NAMES,
+    PREFERENCE_FORMATS,
+    SFT_CHOICES,
+    FormatInfo,
+    ToolsFound,
+    convert,
+    resolve_format,
+)
 from nbtune.errors import DataError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -89,6 +97,12 @@ class LoadedData:
     non_string_examples: list[int] = field(default_factory=list)
     #: Rows in each chunk that was read, converted and written (memory holds one chunk at a time).
     chunk_rows: list[int] = field(default_factory=list)
+    #: "standard" (strings) or "conversational" (message lists), as TRL names the two forms.
+    form: str = "standard"
+    #: What supervised fine-tuning will train on, in one sentence (the load report states it).
+    training: str = ""
+    #: The `sft=` choice for preference formats, else None.
+    sft: str | None = None
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -1163,12 +1177,74 @@ def _read_source(
 # --------------------------------------------------------------------------- load
 
 
-def _features(key: str) -> Any:
-    """The canonical features: row_id plus text, or plus messages."""
+def _message_type(tools: bool) -> Any:
+    """The Arrow type of a list of canonical messages (with the tool fields when the data uses tools)."""
+    from datasets import List, Value
+
+    fields: dict[str, Any] = {"role": Value("string"), "content": Value("string")}
+    if tools:
+        function = {"name": Value("string"), "arguments": Value("string")}
+        fields["tool_calls"] = List({"id": Value("string"), "type": Value("string"), "function": function})
+        fields["tool_call_id"] = Value("string")
+        fields["name"] = Value("string")
+    return List(fields)
+
+
+def _features(info: FormatInfo) -> Any:
+    """The canonical features: row_id plus text, or plus messages (and the columns a format keeps)."""
     from datasets import Features, List, Value
 
-    text_type = Value("string") if key == "text" else List({"role": Value("string"), "content": Value("string")})
-    return Features({"row_id": Value("int64"), key: text_type})
+    if info.format == "text":
+        return Features({"row_id": Value("int64"), "text": Value("string")})
+    messages = _message_type(info.tools)
+    cols: dict[str, Any] = {"row_id": Value("int64"), "messages": messages}
+    if info.format == "chat" and "tools" in info.mapping:
+        cols["tools"] = Value("string")  # JSON: tool schemas differ from row to row
+    if info.format in ("preference", "unpaired_preference"):
+        for role in ("prompt", "chosen", "rejected", "completion"):
+            if role in info.mapping:
+                cols[role] = messages if info.kinds.get(role) == "messages" else Value("string")
+        if info.format == "unpaired_preference":
+            cols["label"] = Value("bool")
+    if info.format == "stepwise":
+        cols.update(prompt=Value("string"), completions=List(Value("string")), labels=List(Value("bool")))
+    if info.sft:
+        cols["sft"] = Value("bool")
+    return Features(cols)
+
+
+def _check_sft(info: FormatInfo, sft: str | None, path: str | None) -> None:
+    """Set `info.sft`, checking that the choice fits the format."""
+    if sft is None:
+        return
+    choices = SFT_CHOICES.get(info.format)
+    if choices is None:
+        raise DataError(
+            f"sft={sft!r} is for preference data, but this is {info.format} data ({info.reason})",
+            path=path,
+            fix="leave sft= out: this data trains on its responses as it is",
+        )
+    if sft not in choices:
+        options = "; ".join(f"sft={k!r}: {v}" for k, v in choices.items())
+        raise DataError(f"sft={sft!r} does not fit {info.format.replace('_', ' ')} data", path=path,
+                        fix=f"use {options}")
+    info.sft = sft
+
+
+def training_note(info: FormatInfo) -> str:
+    """One sentence: what supervised fine-tuning on this data trains on."""
+    if info.format == "text":
+        return "every token of each document (language modeling)"
+    if info.format in PREFERENCE_FORMATS:
+        if info.sft:
+            return f"sft={info.sft!r}: {SFT_CHOICES[info.format][info.sft]}"
+        options = " or ".join(f"sft={k!r} ({v})" for k, v in SFT_CHOICES[info.format].items())
+        return (f"nothing yet: {info.format.replace('_', ' ')} data needs a choice before supervised "
+                f"fine-tuning; load it with {options}. tokenize() refuses until then")
+    note = "the assistant's turns (prompts masked, with response-only loss)"
+    if info.tools:
+        note = "the assistant's turns, tool calls included (prompts and tool results masked, with response-only loss)"
+    return note
 
 
 class _ArrowRows:
@@ -1180,13 +1256,13 @@ class _ArrowRows:
     its workdir.
     """
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, info: FormatInfo) -> None:
         import uuid
 
         from datasets.arrow_writer import ArrowWriter
         from datasets.fingerprint import get_temporary_cache_files_directory
 
-        self.features = _features(key)
+        self.features = _features(info)
         self.schema = self.features.arrow_schema
         self.path = os.path.join(get_temporary_cache_files_directory(), f"nbtune-load-{uuid.uuid4().hex}.arrow")
         self.writer = ArrowWriter(features=self.features, path=self.path)
@@ -1233,6 +1309,7 @@ def load_source(
     encoding: str = "utf-8",
     follow_symlinks: bool = False,
     chunk_rows: int = CHUNK_ROWS,
+    sft: str | None = None,
 ) -> LoadedData:
     """Load `source` into the canonical schema, detecting its format (or using the overrides).
 
@@ -1261,7 +1338,12 @@ def load_source(
     single .txt/.md files are read line by line, parquet by record batches
     and only the needed columns; a .json document is parsed whole. The
     format is detected from the first rows; `LoadedData.chunk_rows` says how
-    many rows each chunk held.
+    many rows each chunk held. A row past them that uses tools, when those
+    rows did not, makes the load start again with the tool fields.
+
+    Preference, unpaired-preference and stepwise data keep their columns;
+    `sft` chooses what supervised fine-tuning trains on (see
+    `nbtune.data.formats.SFT_CHOICES`), and without it `tokenize` refuses.
     """
     ft = _normalise_file_type(file_type)
     if chunk_rows < 1:
@@ -1285,23 +1367,12 @@ def load_source(
         info.reason = reason
     first_keys = next((list(r) for r in first.head() if isinstance(r, dict)), [])
 
-    rows = _ArrowRows("text" if info.format == "text" else "messages")
-    non_string, examples, chunk_sizes = 0, [], []
-    needed = list(dict.fromkeys(info.mapping.values()))
+    _check_sft(info, sft, first.path)
     try:
-        for part in parts:
-            with contextlib.closing(part.chunks(needed, chunk_rows)) as chunks:  # closes the file on an error
-                for chunk in chunks:
-                    converted = convert(chunk.records, info, source=part.path, lines=chunk.lines,
-                                        start_row_id=rows.rows, first_keys=first_keys, first_row=chunk.first_row)
-                    rows.write(converted.batch)
-                    chunk_sizes.append(len(chunk.records))
-                    non_string += converted.non_string_values
-                    examples.extend(converted.non_string_rows[: _MAX_EXAMPLES - len(examples)])
-        dataset = rows.finish()
-    except BaseException:
-        rows.discard()
-        raise
+        dataset, non_string, examples, chunk_sizes = _write_rows(parts, info, chunk_rows, first_keys)
+    except ToolsFound:  # a later row uses tools: start again with the tool fields in the schema
+        info.tools = True
+        dataset, non_string, examples, chunk_sizes = _write_rows(parts, info, chunk_rows, first_keys)
     for part in parts:  # keys first seen after the detection sample
         columns += [c for c in part.columns if c not in columns]
     if origin["kind"] in ("folder", "glob"):
@@ -1317,7 +1388,32 @@ def load_source(
         non_string_values=non_string,
         non_string_examples=examples,
         chunk_rows=chunk_sizes,
+        form=info.form,
+        training=training_note(info),
+        sft=info.sft,
     )
+
+
+def _write_rows(parts: list[_Part], info: FormatInfo, chunk_rows: int,
+                first_keys: list[str]) -> tuple[datasets.Dataset, int, list[int], list[int]]:
+    """Convert every part chunk by chunk into one Arrow file: (dataset, non-string values, examples, chunk sizes)."""
+    rows = _ArrowRows(info)
+    non_string, examples, chunk_sizes = 0, [], []
+    needed = list(dict.fromkeys(info.mapping.values()))
+    try:
+        for part in parts:
+            with contextlib.closing(part.chunks(needed, chunk_rows)) as chunks:  # closes the file on an error
+                for chunk in chunks:
+                    converted = convert(chunk.records, info, source=part.path, lines=chunk.lines,
+                                        start_row_id=rows.rows, first_keys=first_keys, first_row=chunk.first_row)
+                    rows.write(converted.batch)
+                    chunk_sizes.append(len(chunk.records))
+                    non_string += converted.non_string_values
+                    examples.extend(converted.non_string_rows[: _MAX_EXAMPLES - len(examples)])
+        return rows.finish(), non_string, examples, chunk_sizes
+    except BaseException:
+        rows.discard()
+        raise
 
 
 # --------------------------------------------------------------------------- problems
