@@ -135,3 +135,16 @@ def test_a_run_records_the_values_it_really_used(tmp_path):
     saved = json.loads((s.workdir / "runs" / run.id / "run.json").read_text())["config"]
     assert (saved["learning_rate"], saved["batch_size"], saved["grad_accum"]) == (1e-3, 8, 1)
     assert run.metrics[0]["lr"] <= 1e-3 and s.runs[-1]["config"] == saved
+
+
+def test_the_train_tab_shows_the_values_a_run_of_the_current_model_will_use(tmp_path):
+    s = _scratch(tmp_path / "w")
+    app = nbtune.App(s)
+    train = app.panel("Train")
+    train.refresh()
+    assert "defaults for scratch: learning rate 0.001, batch 8 x 1" in train.defaults.value
+    assert train.form["learning_rate"].placeholder == "0.001 (scratch default)"
+    assert train.form.config().learning_rate is None  # left empty: the run resolves it
+    train.form["learning_rate"].value = "0.0005"
+    run = s.train(train.form.config(), background=False, progress=False, steps=1)
+    assert run.engine.config.learning_rate == 5e-4 and s.runs[-1]["config"]["batch_size"] == 8

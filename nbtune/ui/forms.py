@@ -199,6 +199,13 @@ class ConfigForm:
         row.show_error(error)
         return True
 
+    def show_defaults(self, defaults: dict[str, Any], why: str) -> None:
+        """Show in empty (None) fields the values a run will really use, e.g. the model's method's defaults."""
+        for name, value in defaults.items():
+            row = self.rows[name]
+            if isinstance(row.input, widgets.Text) and row.optional:
+                row.input.placeholder = f"{value:g} ({why})" if isinstance(value, float) else f"{value} ({why})"
+
     def __getitem__(self, name: str) -> Any:
         """The input widget of a field (tests and panels set values through it)."""
         return self.rows[name].input

@@ -303,7 +303,15 @@ class ModelPanel(Panel):
 
 
 # --------------------------------------------------------------------- train
-TRAIN_MAIN = ("steps", "epochs", "learning_rate", "batch_size", "eval_every", "checkpoint_every", "sample_prompt")
+TRAIN_MAIN = ("steps", "epochs", "learning_rate", "batch_size", "grad_accum", "eval_every", "checkpoint_every",
+              "sample_prompt", "log_to")
+
+
+def model_method(model_settings: dict[str, Any]) -> str | None:
+    """The session's model's training method ('scratch', 'full', 'lora', ...), None before a model is chosen."""
+    if model_settings.get("kind") == "scratch":
+        return "scratch"
+    return (model_settings.get("config") or {}).get("method") if model_settings.get("kind") == "pretrained" else None
 
 
 class TrainPanel(Panel):
@@ -314,6 +322,8 @@ class TrainPanel(Panel):
 
         super().__init__(app)
         self.form = ConfigForm(TrainConfig, main=TRAIN_MAIN)
+        self.defaults = widgets.HTML("")  # the learning rate and batch a run of the current model really uses
+        self.defaults.add_class("nbtune-train-defaults")
         self.start = button("Start", "nbtune-train-start", "Start a new run with these settings", "success")
         self.pause = button("Pause", "nbtune-train-pause", "Pause after this step (a checkpoint is written)")
         self.resume = button("Resume", "nbtune-train-resume", "Continue a paused or stopped run from its checkpoint")
@@ -330,7 +340,8 @@ class TrainPanel(Panel):
         self.pause.on_click(lambda _: self._control("pausing", lambda run: run.pause()))
         self.stop.on_click(lambda _: self._control("stopping", lambda run: run.stop()))
         self.resume.on_click(lambda _: self.do_resume())
-        self.widget = widgets.VBox([self.form.widget, widgets.HBox([self.start, self.pause, self.resume, self.stop]),
+        self.widget = widgets.VBox([self.form.widget, self.defaults,
+                                    widgets.HBox([self.start, self.pause, self.resume, self.stop]),
                                     widgets.HBox([self.bar, self.state]), self.problems, self.chart.widget])
         self._set_buttons("created")
 
@@ -424,7 +435,23 @@ class TrainPanel(Panel):
     def _say(self, text: str) -> None:
         self.state.value = f'<span style="font-family:system-ui;font-size:13px">{esc(text)}</span>'
 
+    def show_method_defaults(self) -> None:
+        """Fill empty learning rate / batch fields with what the current model's method uses, and say so."""
+        from nbtune.config import METHOD_DEFAULTS
+
+        method = model_method(self.session.model_settings)
+        if method is None:
+            self.defaults.value = ""
+            return
+        used = METHOD_DEFAULTS[method]
+        self.form.show_defaults(used, f"{method} default")
+        self.defaults.value = (
+            f'<span style="font-family:system-ui;font-size:13px">Empty fields use the defaults for {esc(method)}: '
+            f'learning rate {used["learning_rate"]:g}, batch {used["batch_size"]} x {used["grad_accum"]} '
+            "gradient accumulation (a value you type wins).</span>")
+
     def refresh(self) -> None:
+        self.show_method_defaults()
         run = self.session.run
         if run is not None:
             self._follow(run)
@@ -505,7 +532,7 @@ class LabPanel(Panel):
     def __init__(self, app: Any) -> None:
         super().__init__(app)
         self.form = ConfigForm(LabConfig, main=("base", "method", "fractions", "finetune_steps", "scratch_preset",
-                                                "compute_ratio"))
+                                                "compute_ratio", "scratch_compute"))
         self.go = button("Run the lab", "nbtune-lab", "Fine-tune vs from scratch on this data, matched compute",
                          "primary")
         self.view = ReportView("nbtune-lab-report", "Not run yet.")
