@@ -20,7 +20,8 @@ gives one document per file, since a folder of text files is usually a folder
 of documents. `FormatInfo.reason` says which rule applied.
 
 `find_problems` then lists what is worth knowing before cleaning: empty rows,
-values that were not text, very long rows and exact duplicates.
+conversations without an assistant turn, values that were not text, very long
+rows and exact duplicates.
 """
 
 from __future__ import annotations
@@ -1440,7 +1441,8 @@ def _rows(n: int) -> str:
 
 
 def find_problems(loaded: LoadedData, *, raw_non_string: int = 0, very_long_chars: int = 20000) -> list[Problem]:
-    """Empty rows, converted non-string values, very long rows and exact duplicates, in that order.
+    """Empty rows, conversations with no assistant turn, converted non-string values, very long rows and exact
+    duplicates, in that order.
 
     Only kinds that occur are returned. `raw_non_string` overrides the count of
     converted values recorded while loading (`LoadedData.non_string_values`).
@@ -1450,7 +1452,8 @@ def find_problems(loaded: LoadedData, *, raw_non_string: int = 0, very_long_char
     """
     empty: list[int] = []
     long: list[int] = []
-    n_empty = n_long = 0
+    silent: list[int] = []  # conversations without an assistant turn
+    n_empty = n_long = n_silent = 0
     hashes: list[np.ndarray] = []  # 64-bit hash of each non-blank row, in order: memory O(rows), not O(text)
     hashed_ids: list[np.ndarray] = []
     for row_ids, values, chat in _row_batches(loaded):
@@ -1461,7 +1464,11 @@ def find_problems(loaded: LoadedData, *, raw_non_string: int = 0, very_long_char
                 msgs = value or []
                 length = sum(len(m["content"] or "") for m in msgs)
                 blank = all(not (m["content"] or "").strip() for m in msgs)
-                key: Any = tuple((m["role"], m["content"]) for m in msgs)
+                key: Any = tuple((m["role"], m["content"], str(m.get("tool_calls"))) for m in msgs)
+                if not blank and not any(m["role"] == "assistant" for m in msgs):
+                    n_silent += 1
+                    if len(silent) < _MAX_EXAMPLES:
+                        silent.append(rid)
             else:
                 text = value or ""
                 length = len(text)
@@ -1494,6 +1501,12 @@ def find_problems(loaded: LoadedData, *, raw_non_string: int = 0, very_long_char
             "empty", n_empty, empty,
             f"{_rows(n_empty)} empty or only whitespace: they teach the model nothing, and clean() drops "
             "them (min_chars=1, the default).",
+        ))
+    if n_silent:
+        problems.append(Problem(
+            "no_response", n_silent, silent,
+            f"{_rows(n_silent)} conversations without an assistant turn: with response-only loss they have "
+            "nothing to learn from. Add the answers, or remove these rows.",
         ))
     non_string = raw_non_string or loaded.non_string_values
     if non_string:

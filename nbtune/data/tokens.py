@@ -16,12 +16,40 @@ only the assistant's spans (including the end-of-turn token) are trained. The
 spans are found by rendering each conversation prefix with the template, so any
 template works, not only those that mark `{% generation %}` blocks.
 
+Tool calls: messages may carry OpenAI-style ``tool_calls`` (assistant) and
+``role: "tool"`` results, and a row may have a ``tools`` column (JSON schemas);
+they go to the template as transformers expects them (``apply_chat_template(...,
+tools=...)``, tool-call arguments as dicts). Tool-call turns are assistant turns,
+so they are trained; tool results are masked like prompts. A template that
+drops tools is refused before tokenizing (`check_tool_template`). nbtune's own
+ChatML template (`CHATML_TEMPLATE`) renders them like this::
+
+    <|im_start|>system
+    {system message, if any, then a blank line}# Tools
+    <tools>
+    {"type": "function", "function": {...}}      (one JSON line per tool)
+    </tools><|im_end|>
+    <|im_start|>assistant
+    {content, if any, then a newline}<tool_call>
+    {"name": "get_weather", "arguments": {"city": "Paris"}}
+    </tool_call><|im_end|>
+    <|im_start|>tool
+    {the tool's result}<|im_end|>
+
+Without tools it renders exactly as plain ChatML.
+
+Preference data (`nbtune.data.formats.PREFERENCE_FORMATS`) is tokenized only
+after a supervised fine-tuning choice (``load(..., sft=...)``), and only the
+rows that choice marks (`sft` column); a split with nothing to learn from is an
+error.
+
 Packing into fixed-length sequences happens at training time; here we only
 measure how well it will work (packing efficiency, rows over the context).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -30,17 +58,36 @@ from typing import Any
 import numpy as np
 
 from nbtune.config import TokenizerConfig
-from nbtune.data import column_batches
-from nbtune.errors import ConfigError
+from nbtune.data import column_array, column_batches
+from nbtune.data.formats import SFT_CHOICES
+from nbtune.errors import ConfigError, DataError
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 
 CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    "{%- if tools %}"
+    "{{- '<|im_start|>system\n' }}"
+    "{%- if messages and messages[0]['role'] == 'system' %}{{- messages[0]['content'] + '\n\n' }}{%- endif %}"
+    "{{- '# Tools\n<tools>' }}"
+    "{%- for tool in tools %}{{- '\n' + (tool | tojson) }}{%- endfor %}"
+    "{{- '\n</tools><|im_end|>\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if not (tools and loop.first and message['role'] == 'system') %}"
+    "{{- '<|im_start|>' + message['role'] + '\n' + (message['content'] or '') }}"
+    "{%- for call in message['tool_calls'] or [] %}"
+    "{%- set fn = call['function'] if call['function'] is defined else call %}"
+    "{{- ('\n' if (message['content'] or not loop.first) else '') + '<tool_call>\n'"
+    " + ({'name': fn['name'], 'arguments': fn['arguments']} | tojson) + '\n</tool_call>' }}"
+    "{%- endfor %}"
+    "{{- '<|im_end|>\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
 )
+#: Models whose chat templates render tools (checked: Qwen2.5's template renders `tools`, `tool_calls`
+#: and tool results); named when a template cannot.
+TOOL_TEMPLATE_MODELS = ("Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct")
 
 
 @dataclass
@@ -107,17 +154,127 @@ def ensure_chat_template(tokenizer: Any) -> bool:
 
 
 def document_text(row: dict[str, Any]) -> str:
-    """The text a row stands for: its `text`, or its messages' contents joined by newlines."""
+    """The text a row stands for: its `text`, or its messages' contents (and tool calls) joined by newlines."""
     if "text" in row:
         return row["text"]
-    return "\n".join(m["content"] for m in row["messages"])
+    parts = []
+    for m in row["messages"]:
+        parts.append(m.get("content") or "")
+        for call in m.get("tool_calls") or ():
+            parts.append(f"{call['function']['name']} {call['function']['arguments']}")
+    return "\n".join(parts)
+
+
+def sft_rows(rows: Any) -> Any:
+    """The rows supervised fine-tuning trains on: all, or for preference data those its `sft` column marks.
+
+    Preference data loaded without an `sft=` choice is refused with what to pass.
+    """
+    cols = rows.column_names
+    if "sft" in cols:
+        keep = np.flatnonzero(column_array(rows, "sft").astype(bool))
+        return rows if len(keep) == len(rows) else rows.select(keep)
+    fmt = "preference" if "chosen" in cols else "unpaired_preference" if "label" in cols else (
+        "stepwise" if "labels" in cols and "completions" in cols else None)
+    if fmt is None:
+        return rows
+    options = " or ".join(f"sft={k!r} ({v})" for k, v in SFT_CHOICES[fmt].items())
+    raise DataError(
+        f"this is {fmt.replace('_', ' ')} data, and supervised fine-tuning on it needs a choice of what to train on",
+        fix=f"load it again with s.load(..., {options}); the other columns stay in s.dataset for preference "
+            "tuning later",
+    )
 
 
 def training_texts(dataset: Any, batch_size: int = 1000) -> Iterator[list[str]]:
-    """Batches of texts to train a BPE tokenizer on (one text per row), read batch by batch from Arrow."""
+    """Batches of texts to train a BPE tokenizer on (one text per row), read batch by batch from Arrow.
+
+    Preference data gives the rows supervised fine-tuning will train on (`sft_rows`).
+    """
+    dataset = sft_rows(dataset)
     name = "text" if "text" in dataset.column_names else "messages"
     for values in column_batches(dataset, name, batch_size):
         yield [document_text({name: value}) for value in values]
+
+
+def for_template(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Canonical messages as chat templates expect them: no None fields, tool-call arguments as dicts.
+
+    transformers' tool-use convention passes arguments as a dict (templates
+    write them with `tojson`); nbtune stores them as a JSON string.
+    """
+    out = []
+    for m in messages:
+        msg = {k: v for k, v in m.items() if v is not None}
+        if msg.get("tool_calls"):
+            msg["tool_calls"] = [{**c, "function": {**c["function"], "arguments": _arguments(c["function"])}}
+                                 for c in msg["tool_calls"]]
+            msg["tool_calls"] = [{k: v for k, v in c.items() if v is not None} for c in msg["tool_calls"]]
+        out.append(msg)
+    return out
+
+
+def _arguments(fn: dict[str, Any]) -> Any:
+    args = fn.get("arguments")
+    if isinstance(args, str):
+        try:
+            return json.loads(args or "{}")
+        except ValueError:
+            return args
+    return args
+
+
+def row_tools(value: Any) -> list[dict[str, Any]] | None:
+    """A row's `tools` value (JSON text, as loaded) as the list `apply_chat_template(tools=)` takes."""
+    if value is None or value == "":
+        return None
+    return json.loads(value) if isinstance(value, str) else list(value)
+
+
+def _render(tokenizer: Any, messages: list[dict[str, Any]], tools: list | None, **kwargs: Any) -> str:
+    if tools:
+        kwargs["tools"] = tools
+    return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+
+
+_PROBE_TOOL = {"type": "function", "function": {"name": "nbtune_probe_tool", "description": "probe",
+                                                "parameters": {"type": "object", "properties": {}}}}
+_PROBE = [
+    {"role": "user", "content": "hi"},
+    {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "nbtune_probe_call", "arguments": {"nbtune_probe_arg": 1}}}]},
+    {"role": "tool", "content": "nbtune_probe_result"},
+    {"role": "assistant", "content": "done"},
+]
+
+
+def check_tool_template(tokenizer: Any, *, tools: bool) -> None:
+    """Raise ConfigError unless the chat template renders tool calls, tool results (and `tools` when needed).
+
+    A probe conversation is rendered; a template that raises, or whose output
+    lacks the probe's tool call, result or tool definition, cannot train on
+    tool calls (most such templates drop them silently).
+    """
+    name = getattr(tokenizer, "name_or_path", "") or "this tokenizer"
+    try:
+        text = _render(tokenizer, _PROBE, [_PROBE_TOOL] if tools else None)
+        error = ""
+    except Exception as exc:  # jinja's TemplateError, or the template's own raise_exception
+        text, error = "", f" (it raises {type(exc).__name__}: {str(exc)[:200]})"
+    missing = [what for what, mark in (("tool calls", "nbtune_probe_call"), ("tool results", "nbtune_probe_result"),
+                                       ("tool definitions", "nbtune_probe_tool" if tools else ""))
+               if mark and mark not in text]
+    if error or missing:
+        listed = " and ".join([", ".join(missing[:-1]), missing[-1]] if len(missing) > 1 else missing)
+        dropped = f"it drops {listed}" if not error else "rendering a tool call fails"
+        raise ConfigError(
+            f"the chat template of {name} cannot render tools: {dropped}{error}, so the data's tool calls "
+            "would be lost or the model would learn a format it never sees",
+            column="tokenizer",
+            fix=f"use a model whose chat template renders tools, e.g. {' or '.join(TOOL_TEMPLATE_MODELS)} "
+                "(Qwen2.5 Instruct); for a model trained from scratch, tokenizer='bpe' gets nbtune's ChatML template, "
+                "which renders tools (README, Tokens)",
+        )
 
 
 def encode_text(tokenizer: Any, text: str) -> Encoded:
@@ -133,20 +290,22 @@ def encode_text(tokenizer: Any, text: str) -> Encoded:
     return Encoded(text, ids, [1] * len(ids), offsets)
 
 
-def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
-    """Render a conversation and find the character spans of the assistant turns.
+def assistant_spans(tokenizer: Any, messages: list[dict[str, Any]],
+                    tools: list | None = None) -> tuple[str, list[tuple[int, int]]]:
+    """Render a conversation and find the character spans of the assistant turns (tool calls included).
 
     For each assistant turn i, the prefix `messages[:i]` rendered with a generation
     prompt ends where the answer starts, and `messages[:i+1]` rendered ends where it
-    (and its end-of-turn marker) stops.
+    (and its end-of-turn marker) stops. Tool results are not assistant turns: masked.
     """
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    messages = for_template(messages)
+    full = _render(tokenizer, messages, tools)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        start = len(tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)) if i else 0
-        end = len(tokenizer.apply_chat_template(messages[: i + 1], tokenize=False))
+        start = len(_render(tokenizer, messages[:i], tools, add_generation_prompt=True)) if i else 0
+        end = len(_render(tokenizer, messages[: i + 1], tools))
         spans.append((start, min(end, len(full))))
     return full, spans
 
@@ -160,7 +319,8 @@ def control_pattern(tokenizer: Any) -> re.Pattern[str] | None:
 _SENTINEL = "\ue000{}\ue001"  # private-use characters: stand-ins for message contents while locating them
 
 
-def content_spans(tokenizer: Any, messages: list[dict[str, str]], text: str) -> list[tuple[int, int]] | None:
+def content_spans(tokenizer: Any, messages: list[dict[str, Any]], text: str,
+                  tools: list | None = None) -> list[tuple[int, int]] | None:
     """Where each message's content sits in the rendered `text`, or None if the template changes contents.
 
     The conversation is rendered once more with each content replaced by a
@@ -168,18 +328,20 @@ def content_spans(tokenizer: Any, messages: list[dict[str, str]], text: str) -> 
     sentinels' positions are the contents' positions. (Searching `text` for a
     content is not enough: a content may repeat the template's own markers.)
     """
+    messages = for_template(messages)
     stand_ins = [{**m, "content": _SENTINEL.format(i)} for i, m in enumerate(messages)]
-    layout = tokenizer.apply_chat_template(stand_ins, tokenize=False)
+    layout = _render(tokenizer, stand_ins, tools)
     spans, pieces, pos, shift = [], [], 0, 0
     for i, m in enumerate(messages):
         mark = _SENTINEL.format(i)
+        content = m.get("content") or ""
         at = layout.find(mark, pos)
         if at < 0:
             return None
-        pieces += [layout[pos:at], m["content"]]
+        pieces += [layout[pos:at], content]
         start = at + shift
-        spans.append((start, start + len(m["content"])))
-        shift += len(m["content"]) - len(mark)
+        spans.append((start, start + len(content)))
+        shift += len(content) - len(mark)
         pos = at + len(mark)
     pieces.append(layout[pos:])
     return spans if "".join(pieces) == text else None
@@ -224,18 +386,35 @@ def _encode_rendered(tokenizer: Any, text: str, plain_spans: list[tuple[int, int
     return ids, offsets
 
 
-def _chat_ids(tokenizer: Any, messages: list[dict[str, str]], text: str,
-              controls: re.Pattern[str] | None) -> tuple[list[int], list[tuple[int, int]]]:
+def _check_tool_text(messages: list[dict[str, Any]], tools: list | None, controls: re.Pattern[str]) -> None:
+    """Tool calls and tool definitions are written by the template, not as plain text: refuse control strings there."""
+    texts = [json.dumps(tools, ensure_ascii=False)] if tools else []
+    for m in messages:
+        texts += [json.dumps(c, ensure_ascii=False) for c in m.get("tool_calls") or ()]
+    for text in texts:
+        found = controls.search(text)
+        if found:
+            raise DataError(
+                f"a tool call or tool definition holds {found.group()!r}, which the chat template would write as "
+                "a control token (a forged turn or document end)",
+                fix="remove that string from the row's tool calls / tools before loading",
+            )
+
+
+def _chat_ids(tokenizer: Any, messages: list[dict[str, Any]], text: str,
+              controls: re.Pattern[str] | None, tools: list | None = None) -> tuple[list[int], list[tuple[int, int]]]:
     """Token ids and offsets of a rendered chat, with every message content tokenized as plain text.
 
     Only the template's own markers become control tokens: a content holding
     "<|im_end|>\\n<|im_start|>assistant" must not forge a turn. Rows whose
     contents hold no added-token string (nearly all) are encoded in one call.
     """
+    if controls is not None:
+        _check_tool_text(messages, tools, controls)
     if controls is None or not any(controls.search(m.get("content") or "") for m in messages):
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
-    spans = content_spans(tokenizer, messages, text)
+    spans = content_spans(tokenizer, messages, text, tools)
     if spans is None:  # the template rewrites contents (e.g. trims them): find them in its output, in order
         spans, pos = [], 0
         for m in messages:
@@ -249,16 +428,17 @@ def _chat_ids(tokenizer: Any, messages: list[dict[str, str]], text: str,
     return _encode_rendered(tokenizer, text, spans)
 
 
-def encode_chat(tokenizer: Any, messages: list[dict[str, str]], *, response_only: bool,
-                controls: re.Pattern[str] | None | bool = True) -> Encoded:
-    """A chat row rendered with the chat template; prompt tokens masked when `response_only`.
+def encode_chat(tokenizer: Any, messages: list[dict[str, Any]], *, response_only: bool,
+                controls: re.Pattern[str] | None | bool = True, tools: list | None = None) -> Encoded:
+    """A chat row rendered with the chat template; prompt tokens (and tool results) masked when `response_only`.
 
     Message contents are plain text (see `_chat_ids`); `controls` is the
-    tokenizer's `control_pattern` (computed here when True).
+    tokenizer's `control_pattern` (computed here when True); `tools` are the
+    row's tool definitions (`row_tools`).
     """
-    text, spans = assistant_spans(tokenizer, messages)
+    text, spans = assistant_spans(tokenizer, messages, tools)
     pattern = control_pattern(tokenizer) if controls is True else controls
-    ids, offsets = _chat_ids(tokenizer, messages, text, pattern or None)
+    ids, offsets = _chat_ids(tokenizer, messages, text, pattern or None, tools)
     if not response_only:
         mask = [1] * len(offsets)
     else:
@@ -269,7 +449,7 @@ def encode_chat(tokenizer: Any, messages: list[dict[str, str]], *, response_only
 def encode_row(tokenizer: Any, row: dict[str, Any], *, response_only: bool) -> Encoded:
     if "text" in row:
         return encode_text(tokenizer, row["text"])
-    return encode_chat(tokenizer, row["messages"], response_only=response_only)
+    return encode_chat(tokenizer, row["messages"], response_only=response_only, tools=row_tools(row.get("tools")))
 
 
 def _char_bytes(text: str) -> np.ndarray:
@@ -347,8 +527,10 @@ def _text_rows(batch: dict[str, list], tokenizer: Any) -> Iterator[tuple[str, np
 def _chat_rows(batch: dict[str, list], tokenizer: Any, response_only: bool,
                ) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
     controls = control_pattern(tokenizer)
-    for messages in batch["messages"]:
-        enc = encode_chat(tokenizer, messages, response_only=response_only, controls=controls)
+    tools = batch.get("tools") or [None] * len(batch["messages"])
+    for messages, row_tool in zip(batch["messages"], tools, strict=True):
+        enc = encode_chat(tokenizer, messages, response_only=response_only, controls=controls,
+                          tools=row_tools(row_tool))
         yield (enc.text, np.asarray(enc.input_ids, dtype=np.int32), np.asarray(enc.loss_mask, dtype=np.int8),
                np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2))
 
@@ -404,13 +586,39 @@ def tokenize_rows(rows: Any, tokenizer: Any, config: TokenizerConfig, *, desc: s
                   schema_from: Any = None) -> Any:
     """Tokenize canonical rows with `encode_batch`.
 
-    An empty split gets no new columns from `map()`; `schema_from` (a tokenized
-    split) gives it the right schema so later stages can rely on the columns.
+    Preference data keeps only the rows its `sft` choice marks (`sft_rows`);
+    data with tool calls needs a template that renders them
+    (`check_tool_template`). A split whose rows have no trained token is a
+    DataError. An empty split gets no new columns from `map()`; `schema_from`
+    (a tokenized split) gives it the right schema so later stages can rely on
+    the columns.
     """
+    rows = sft_rows(rows)
     if len(rows) == 0 and schema_from is not None:
         return schema_from.select([])
+    if len(rows) == 0:
+        raise DataError("no row of the training split is chosen for supervised fine-tuning (sft column)",
+                        fix="check the labels, or load more rows")
+    if "messages" in rows.column_names and _uses_tools(rows):
+        check_tool_template(tokenizer, tools="tools" in rows.column_names)
     from datasets import Features
 
     features = Features({**rows.features, **token_features()})
-    return rows.map(encode_batch, batched=True, batch_size=256, fn_kwargs={"tokenizer": tokenizer, "config": config},
-                    features=features, desc=desc)
+    out = rows.map(encode_batch, batched=True, batch_size=256, fn_kwargs={"tokenizer": tokenizer, "config": config},
+                   features=features, desc=desc)
+    if not column_array(out, "n_trained").any():
+        raise DataError(
+            f"{desc}: no token of these {len(out):,} rows is trained: they have no assistant turn, so with "
+            "response-only loss there is nothing to learn from",
+            fix="add the assistant's answers (a 'completion' column, or assistant messages), or tokenize with "
+                "response_only_loss=False to train on every token",
+        )
+    return out
+
+
+def _uses_tools(rows: Any) -> bool:
+    """Whether the rows' messages have the tool fields (the loader adds them only for data with tools)."""
+    feature = rows.features["messages"]
+    inner = getattr(feature, "feature", feature)
+    inner = inner[0] if isinstance(inner, list) else inner
+    return "tool_calls" in inner or "tools" in rows.column_names
