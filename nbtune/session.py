@@ -375,11 +375,13 @@ class Session:
     def load(self, source: Any, *, text_column: str | None = None, format: str | None = None,
              mapping: dict[str, str] | None = None, split: str | None = None, file_type: str | None = None,
              append: bool = False, validation_fraction: float | None = None, seed: int | None = None,
-             follow_symlinks: bool = False) -> LoadReport:
+             follow_symlinks: bool = False, sft: str | None = None) -> LoadReport:
         """Load text from a path, glob, folder, DataFrame, list, `datasets` object or hub id.
 
-        The format (plain text, instruction, prompt/completion, chat) is detected
-        and reported; `text_column=`, `format=` and `mapping=` override it.
+        The format (plain text, chat, instruction, prompt/completion, preference, unpaired
+        preference, stepwise) is detected and reported; `text_column=`, `format=` and
+        `mapping=` override it. Preference data needs `sft=` ('chosen', 'desirable' or
+        'correct') before supervised fine-tuning (README, Loading and formats).
         `append=True` adds the rows to the data already loaded (same format).
         A folder or glob does not follow links that lead out of it unless `follow_symlinks=True`.
         """
@@ -387,7 +389,7 @@ class Session:
 
         started = time.perf_counter()
         loaded = load_source(source, text_column=text_column, format=format, mapping=mapping,
-                             split=split, file_type=file_type, follow_symlinks=follow_symlinks)
+                             split=split, file_type=file_type, follow_symlinks=follow_symlinks, sft=sft)
         return self._accept_load(loaded, loaded.origin, append, validation_fraction, seed, started)
 
     @_stage()
@@ -448,7 +450,7 @@ class Session:
             source=_describe_origin(origin), format=loaded.format, format_reason=loaded.format_reason,
             mapping=loaded.mapping, columns=loaded.columns, rows=len(dataset), train_rows=len(train),
             validation_rows=len(val), sample=sample, char_lengths=chars.tolist(),
-            word_lengths=words.tolist(), problems=problems, seconds=seconds)
+            word_lengths=words.tolist(), problems=problems, seconds=seconds, training=loaded.training)
 
     @_stage()
     def split(self, validation_fraction: float | None = None, seed: int | None = None) -> SplitReport:

@@ -52,14 +52,35 @@ class LoadReport(Report):
     word_lengths: list[int]
     problems: list[ProblemInfo] = field(default_factory=list)
     seconds: float = 0.0
+    #: What supervised fine-tuning trains on (e.g. "the assistant's turns", or the preference choice).
+    training: str = ""
     title = "Loaded data"
 
+    @property
+    def used_columns(self) -> list[str]:
+        """The source columns the format reads (from the mapping), in the order of the source."""
+        used = set(self.mapping.values())
+        return [c for c in self.columns if c in used] + [c for c in self.mapping.values() if c not in self.columns]
+
+    @property
+    def unused_columns(self) -> list[str]:
+        """Every source column the format does not read: not loaded, and said so."""
+        used = set(self.mapping.values())
+        return [c for c in self.columns if c not in used]
+
     def summary(self) -> list[tuple[str, Any]]:
-        return [
+        unused = self.unused_columns
+        lines = [
             ("source", self.source),
             ("rows", f"{self.rows:,}"),
             ("format", f"{self.format} ({self.format_reason})"),
-            ("columns", ", ".join(self.columns)),
+            ("columns used", ", ".join(f"{c} (as {r})" if r != c else c for r, c in self.mapping.items()) or "–"),
+            ("columns not used", (", ".join(unused) + " (not loaded: pass mapping= or format= to use them)")
+                                 if unused else "none"),
+        ]
+        if self.training:
+            lines.append(("supervised fine-tuning on", self.training))
+        return lines + [
             ("split", f"{self.train_rows:,} train / {self.validation_rows:,} validation"),
             ("characters per row", _stats(self.char_lengths)),
             ("words per row", _stats(self.word_lengths)),
