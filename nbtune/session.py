@@ -544,9 +544,11 @@ class Session:
         tokenized_train = tk.tokenize_rows(train, tokenizer, settings, desc="tokenizing train")
         tokenized_val = tk.tokenize_rows(val, tokenizer, settings, desc="tokenizing validation",
                                          schema_from=tokenized_train)
-        tokenized = DatasetDict({"train": tokenized_train, "validation": tokenized_val})
+        content = [c for c in ("text", "messages") if c in tokenized_train.column_names]
+        tokenized = DatasetDict({"train": tokenized_train.remove_columns(content),  # the rows keep the text
+                                 "validation": tokenized_val.remove_columns(content)})
         report = _token_report(tokenized, tokenizer, name, settings, self.format or "text", template_added,
-                               time.perf_counter() - started)
+                               time.perf_counter() - started, train)
         self._tokenizer, self._tokens, self.tokenizer_config = tokenizer, tokenized, settings
         self.reports["tokens"] = report
         self._autosave(data=("tokenizer", "tokens"))
@@ -1185,6 +1187,8 @@ class Session:
                                       "nbtune.Session(folder) to save there")
             with self._holding.save_lock:
                 path = self._store.commit(self.state(), self._writes(data))
+            if data:
+                self._map_saved_data()
             if self._opened_note.startswith("new"):
                 self._opened_note = "new project, saved in this folder"
             return path
@@ -1201,6 +1205,20 @@ class Session:
             elif name in data or self._store.path(name) is None:
                 writes[name] = _quietly(_writer(name, value))
         return writes
+
+    def _map_saved_data(self) -> None:
+        """Read the datasets back from the folders just committed: memory-mapped, nothing resident yet.
+
+        The objects a stage computed live in temporary files whose pages stay counted in the kernel's memory once
+        read (a 1 GB file read by load, clean and tokenize would hold all three); mapped afresh from the project
+        folder, a later stage reads only what it needs, and the Session holds exactly what was saved.
+        """
+        from datasets import load_from_disk
+
+        for name, attr in (("loaded", "_loaded"), ("cleaned", "_cleaned"), ("tokens", "_tokens")):
+            folder = self._store.path(name)
+            if folder is not None and getattr(self, attr) is not None:
+                setattr(self, attr, _quietly_read(load_from_disk, folder))
 
     def _autosave(self, data: tuple[str, ...] = ()) -> None:
         if self.autosave and self._holding is not None:
@@ -1398,6 +1416,18 @@ def _run_order(folder: Path) -> tuple[int, str]:
     return (int(match.group(1)) if match else 1 << 30, folder.name)
 
 
+def _quietly_read(read: Any, folder: Path) -> Any:
+    import datasets
+
+    was_enabled = not datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        return read(str(folder))
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
 def _quietly(write: Any) -> Any:
     """Run a datasets write without its progress bar (the stage report already says what happened)."""
 
@@ -1436,7 +1466,8 @@ def _clean_report(result: Any, *, applied: bool, train_rows: int | None = None,
 
 
 def _token_report(tokenized: Any, tokenizer: Any, name: str, settings: TokenizerConfig, data_format: str,
-                  template_added: bool, seconds: float) -> TokenReport:
+                  template_added: bool, seconds: float, rows: Any) -> TokenReport:
+    """The token report; `rows` are the training split's rows (their text, which the tokens do not keep)."""
     from nbtune.data import tokens as tk
 
     train, val = tokenized["train"], tokenized["validation"]
@@ -1444,7 +1475,8 @@ def _token_report(tokenized: Any, tokenizer: Any, name: str, settings: Tokenizer
     kept = np.minimum(lengths, settings.context_length) if not (data_format == "text" and settings.pack) else lengths
     total_train = int(kept[: len(train)].sum())
     trained = int(np.sum(column(train, "n_trained")))
-    chars = int(text_lengths(train)[0].sum())
+    chars = int(text_lengths(rows)[0].sum())
+    first = rows[0] if len(rows) else None
     over = int((lengths > settings.context_length).sum())
     splittable = data_format == "text" and settings.pack
     action = "split across packed sequences (nothing lost)" if splittable else "truncated to the context length"
@@ -1455,8 +1487,7 @@ def _token_report(tokenized: Any, tokenizer: Any, name: str, settings: Tokenizer
     else:
         note = "the tokenizer's own chat template"
     example: list[tuple[str, bool]] = []
-    if len(train):
-        first = train[0]
+    if first is not None:
         row = {"text": first["text"]} if "text" in first else {"messages": first["messages"]}
         enc = tk.encode_row(tokenizer, row, response_only=settings.response_only_loss)
         example = [(enc.text[s:e] if e > s else tokenizer.convert_ids_to_tokens(i), bool(m))
