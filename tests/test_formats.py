@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from nbtune.data.formats import FORMATS, FormatInfo, convert, detect_format, resolve_format, to_canonical
+from nbtune.data.load import load_source
 from nbtune.errors import DataError
 
 
@@ -263,3 +267,156 @@ def test_bad_message_shape():
         to_canonical([{"messages": [{"speaker": "a", "says": "x"}]}], info)
     with pytest.raises(DataError, match="list of messages"):
         to_canonical([{"messages": 5}], info)
+
+
+# --------------------------------------------------------------------------- TRL's types, one real file each
+
+FORMAT_FILES = Path(__file__).parent / "data" / "formats"
+
+#: file -> (sft choice, format, form, dataset columns, first row's SFT conversation as (role, content) pairs)
+TRL_CASES = {
+    "standard_language_modeling": (None, "text", "standard", ["row_id", "text"], None),
+    "conversational_language_modeling": (None, "chat", "conversational", ["row_id", "messages"], [
+        ("system", "You answer in one sentence."), ("user", "What is the boiling point of water at sea level?"),
+        ("assistant", "100 degrees Celsius, or 212 degrees Fahrenheit.")]),
+    "standard_prompt_completion": (None, "prompt_completion", "standard", ["row_id", "messages"], [
+        ("user", "What is the boiling point of water at sea level?"),
+        ("assistant", " 100 degrees Celsius, or 212 degrees Fahrenheit.")]),
+    "conversational_prompt_completion": (None, "prompt_completion", "conversational", ["row_id", "messages"], [
+        ("user", "What is the boiling point of water at sea level?"),
+        ("assistant", "100 degrees Celsius, or 212 degrees Fahrenheit.")]),
+    "standard_preference": ("chosen", "preference", "standard",
+                            ["row_id", "messages", "prompt", "chosen", "rejected", "sft"], [
+        ("user", "What is the boiling point of water at sea level?"),
+        ("assistant", "100 degrees Celsius, or 212 degrees Fahrenheit.")]),
+    "conversational_preference": ("chosen", "preference", "conversational",
+                                  ["row_id", "messages", "prompt", "chosen", "rejected", "sft"], [
+        ("user", "What is the boiling point of water at sea level?"),
+        ("assistant", "100 degrees Celsius, or 212 degrees Fahrenheit.")]),
+    "standard_implicit_prompt_preference": ("chosen", "preference", "standard",
+                                            ["row_id", "messages", "chosen", "rejected", "sft"], [
+        ("user", "The sky is"), ("assistant", " blue.")]),
+    "conversational_implicit_prompt_preference": ("chosen", "preference", "conversational",
+                                                  ["row_id", "messages", "chosen", "rejected", "sft"], [
+        ("user", "What is the boiling point of water at sea level?"),
+        ("assistant", "100 degrees Celsius, or 212 degrees Fahrenheit.")]),
+    "standard_unpaired_preference": ("desirable", "unpaired_preference", "standard",
+                                     ["row_id", "messages", "prompt", "completion", "label", "sft"], [
+        ("user", "What is the boiling point of water at sea level?"),
+        ("assistant", "100 degrees Celsius, or 212 degrees Fahrenheit.")]),
+    "conversational_unpaired_preference": ("desirable", "unpaired_preference", "conversational",
+                                           ["row_id", "messages", "prompt", "completion", "label", "sft"], [
+        ("user", "What is the boiling point of water at sea level?"),
+        ("assistant", "100 degrees Celsius, or 212 degrees Fahrenheit.")]),
+    "standard_stepwise_supervision": ("correct", "stepwise", "standard",
+                                      ["row_id", "messages", "prompt", "completions", "labels", "sft"], [
+        ("user", "Which number is larger, 9.8 or 9.11?"),
+        ("assistant", "The fractional part of 9.8 is 0.8.\nThe fractional part of 9.11 is 0.11.\n"
+                      "0.8 is greater than 0.11.\nHence, 9.8 > 9.11.")]),
+    "openai_tool_calls": (None, "chat", "conversational", ["row_id", "messages", "tools"], None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRL_CASES))
+def test_each_trl_type_loads_as_itself(name):
+    sft, fmt, form, columns, first = TRL_CASES[name]
+    loaded = load_source(FORMAT_FILES / f"{name}.jsonl", sft=sft)
+    assert (loaded.format, loaded.form) == (fmt, form)
+    assert loaded.dataset.column_names == columns
+    if first is not None:
+        assert [(m["role"], m["content"]) for m in loaded.dataset[0]["messages"]] == first
+    assert loaded.training  # the report always says what SFT trains on
+
+
+def test_preference_keeps_its_columns_as_loaded():
+    std = load_source(FORMAT_FILES / "standard_preference.jsonl").dataset
+    assert std[1]["prompt"] == "Who wrote Pride and Prejudice?"
+    assert (std[1]["chosen"], std[1]["rejected"]) == ("Jane Austen, in 1813.", "Charles Dickens.")
+    conv = load_source(FORMAT_FILES / "conversational_preference.jsonl").dataset
+    assert conv[3]["rejected"] == [{"role": "assistant", "content": "Sydney."}]
+    assert "sft" not in conv.column_names  # no choice made: tokenize refuses (tests/test_tokens.py)
+
+
+def test_unpaired_and_stepwise_sft_marks_only_the_good_rows():
+    unpaired = load_source(FORMAT_FILES / "standard_unpaired_preference.jsonl", sft="desirable").dataset
+    assert unpaired["sft"][:] == unpaired["label"][:] == [True, False] * 5
+    steps = load_source(FORMAT_FILES / "standard_stepwise_supervision.jsonl", sft="correct").dataset
+    assert steps["sft"][:] == [True, False, True]
+    assert steps[1]["labels"] == [True, True, False, False]
+
+
+def test_implicit_prompt_is_the_shared_start():
+    from nbtune.data.formats import split_implicit_prompt
+
+    assert split_implicit_prompt("The sky is blue.", "The sky is green.") == ("The sky is", " blue.")
+    assert split_implicit_prompt("Spiders have eight legs.", "Spiders have six legs.") == ("Spiders have", " eight legs.")
+    assert split_implicit_prompt("Yes.", "No.") == ("", "Yes.")
+
+
+@pytest.mark.parametrize("name", ["standard_prompt_only", "conversational_prompt_only"])
+def test_prompt_only_is_refused_with_what_to_add(name):
+    with pytest.raises(DataError, match="prompt-only.*nothing to learn") as err:
+        load_source(FORMAT_FILES / f"{name}.jsonl")
+    assert "completion" in err.value.fix and "text_column='prompt'" in err.value.fix
+
+
+def test_prompt_only_chat_is_refused():
+    rows = [{"messages": [{"role": "user", "content": "What is 2 + 2?"}]}] * 3
+    with pytest.raises(DataError, match="no conversation .* has an assistant turn"):
+        load_source(rows)
+
+
+@pytest.mark.parametrize("fmt, wrong, right", [("standard_preference", "desirable", "chosen"),
+                                               ("standard_unpaired_preference", "chosen", "desirable"),
+                                               ("standard_stepwise_supervision", "chosen", "correct")])
+def test_a_wrong_sft_choice_names_the_right_one(fmt, wrong, right):
+    with pytest.raises(DataError, match=f"sft={wrong!r} does not fit") as err:
+        load_source(FORMAT_FILES / f"{fmt}.jsonl", sft=wrong)
+    assert f"sft={right!r}" in err.value.fix
+
+
+def test_sft_on_chat_data_is_refused():
+    with pytest.raises(DataError, match="sft='chosen' is for preference data"):
+        load_source(FORMAT_FILES / "conversational_language_modeling.jsonl", sft="chosen")
+
+
+def test_tool_calls_load_in_the_canonical_shape():
+    loaded = load_source(FORMAT_FILES / "openai_tool_calls.jsonl")
+    assert loaded.mapping == {"messages": "messages", "tools": "tools"}
+    assert "customer" in loaded.columns and "customer" not in loaded.mapping.values()
+    row = loaded.dataset[2]
+    call = row["messages"][1]
+    assert call["role"] == "assistant" and call["content"] == ""
+    assert [c["function"]["name"] for c in call["tool_calls"]] == ["get_weather", "get_weather"]
+    assert json.loads(call["tool_calls"][1]["function"]["arguments"]) == {"city": "Bergen"}
+    assert [m["role"] for m in row["messages"]] == ["user", "assistant", "tool", "tool", "assistant"]
+    assert row["messages"][3]["tool_call_id"] == "call_3"
+    assert [t["function"]["name"] for t in json.loads(row["tools"])] == ["get_weather"]
+
+
+def test_tool_calls_after_the_detection_sample_restart_the_load(tmp_path):
+    plain = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    tool = json.loads((FORMAT_FILES / "openai_tool_calls.jsonl").read_text().splitlines()[0])
+    path = tmp_path / "late.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [plain] * 150 + [{"messages": tool["messages"]}]) + "\n")
+    loaded = load_source(path, chunk_rows=40)
+    assert len(loaded.dataset) == 151
+    assert loaded.dataset[150]["messages"][2]["tool_calls"][0]["function"]["name"] == "get_weather"
+    assert "tool calls included" in loaded.training
+
+
+def test_tool_call_without_a_name_is_located():
+    rows = [{"messages": [{"role": "user", "content": "x"},
+                          {"role": "assistant", "tool_calls": [{"type": "function", "function": {"arguments": "{}"}}]}]}]
+    with pytest.raises(DataError, match="tool call without a function name"):
+        load_source(rows)
+
+
+def test_bad_tool_arguments_are_located(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    msgs = [{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [
+        {"type": "function", "function": {"name": "f", "arguments": "{not json"}}]}]
+    path.write_text(json.dumps({"messages": msgs}) + "\n")
+    with pytest.raises(DataError, match="not valid JSON") as err:
+        load_source(path)
+    assert err.value.line == 1
