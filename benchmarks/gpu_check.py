@@ -160,8 +160,10 @@ def new_session(workdir: Path, sz: Sizes) -> Any:
 
 
 def train_kwargs(sz: Sizes, **extra: Any) -> dict[str, Any]:
+    # compile off in the functional checks: they test behaviour within a short budget; the speed part measures
+    # the default (compiled on CUDA) against eager
     base = dict(batch_size=sz.batch, learning_rate=3e-3, warmup_steps=3, eval_every=10**6, eval_batches=2,
-                background=False, progress=False)
+                background=False, progress=False, compile=False)
     base.update(extra)
     return base
 
@@ -350,7 +352,7 @@ def part_oom(sz: Sizes, ctx: dict[str, Any]) -> tuple[bool, str]:
         model.forward = forward
     errors: list[dict[str, Any]] = []
     run = s.train(steps=steps, batch_size=micro, seq_len=seq, auto_batch=True, eval_every=10**6, eval_batches=1,
-                  warmup_steps=1, background=False, progress=False,
+                  warmup_steps=1, background=False, progress=False, compile=False,
                   listeners=(lambda e: errors.append(e.data) if e.kind == "error" else None,))
     mem.ran()
     plan = run.engine.plan
