@@ -606,3 +606,53 @@ def test_memory_of_a_load_does_not_grow_with_the_file(tmp_path):
     big = _peak_growth(write("big.jsonl", 50_000), chunk_rows=1_000)
     assert (small["rows"], big["rows"]) == (5_000, 50_000)
     assert big["growth"] <= 1.5 * small["growth"] + 8 * 2**20, (small, big)  # ratio, plus allocator noise
+
+
+# --------------------------------------------------------------------------- the load report: nothing dropped silently
+
+FORMAT_FILES = Path(__file__).parent / "data" / "formats"
+
+
+def _summary(report) -> dict:
+    return dict(report.summary())
+
+
+def test_load_report_names_format_columns_used_and_not_used(tmp_path):
+    import nbtune
+
+    s = nbtune.Session(tmp_path / "s")
+    report = _summary(s.load(FORMAT_FILES / "standard_preference.jsonl"))
+    assert report["format"].startswith("preference (columns prompt/chosen/rejected look like preference pairs")
+    assert "standard (strings)" in report["format"]
+    assert report["columns used"] == "prompt, chosen, rejected"
+    assert report["columns not used"].startswith("score_chosen, score_rejected (not loaded")
+    assert report["supervised fine-tuning on"].startswith("nothing yet") and "sft='chosen'" in \
+        report["supervised fine-tuning on"]
+    assert s.dataset.column_names == ["row_id", "messages", "prompt", "chosen", "rejected"]
+
+    report = _summary(s.load(FORMAT_FILES / "standard_preference.jsonl", sft="chosen"))
+    assert report["supervised fine-tuning on"].startswith("sft='chosen': the chosen responses")
+
+
+def test_load_report_of_tool_calls_and_renamed_columns(tmp_path):
+    import nbtune
+
+    s = nbtune.Session(tmp_path / "s")
+    report = _summary(s.load(FORMAT_FILES / "openai_tool_calls.jsonl"))
+    assert report["columns used"] == "messages, tools"
+    assert report["columns not used"].startswith("customer")
+    assert "tool calls included" in report["supervised fine-tuning on"]
+    report = _summary(s.load([{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}],
+                               "lang": "en"}]))
+    assert report["columns used"] == "conversations (as messages)"
+    assert report["columns not used"].startswith("lang")
+    report = _summary(s.load(FORMAT_FILES / "conversational_language_modeling.jsonl"))
+    assert report["columns not used"].startswith("id (not loaded")
+
+
+def test_conversations_without_an_assistant_turn_are_a_problem():
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+            {"messages": [{"role": "user", "content": "anyone there?"}]}]
+    problems = {p.kind: p for p in find_problems(load_source(rows))}
+    assert problems["no_response"].count == 1 and problems["no_response"].examples == [1]
+    assert "nothing to learn from" in problems["no_response"].message
