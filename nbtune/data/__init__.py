@@ -11,8 +11,19 @@ A loaded dataset is a `datasets.Dataset` with
   ``messages`` column, a list of ``{"role": str, "content": str}`` with roles
   ``system`` / ``user`` / ``assistant``. Instruction rows become
   ``[user: instruction (+ blank line + input), assistant: output]`` and
-  prompt/completion rows ``[user: prompt, assistant: completion]``; the detected
-  format is kept by the Session, so reports still say what was found.
+  prompt/completion rows the prompt's turns then the completion's (a string
+  is one user / one assistant turn); the detected format is kept by the
+  Session, so reports still say what was found.
+* data with tool calls: messages also have ``tool_calls`` (a list of
+  ``{"id", "type", "function": {"name", "arguments"}}``, arguments as a JSON
+  string), ``tool_call_id`` and ``name`` (None where unused), roles include
+  ``tool``, and a ``tools`` column holds each row's tool schemas as JSON text.
+* for ``"preference"``, ``"unpaired_preference"`` and ``"stepwise"``: the
+  format's own columns as loaded (``prompt`` / ``chosen`` / ``rejected``;
+  ``prompt`` / ``completion`` / ``label``; ``prompt`` / ``completions`` /
+  ``labels``; message lists canonicalised as above), ``messages`` = what
+  supervised fine-tuning would train on, and, once ``load(..., sft=...)``
+  chose, a bool ``sft`` column marking the rows it trains on.
 """
 
 
@@ -59,7 +70,7 @@ def text_lengths(dataset, batch_size: int = 10_000):
     at = 0
     for values in column_batches(dataset, name, batch_size):
         for value in values:
-            text = value if name == "text" else "\n".join(m["content"] for m in value)
+            text = value if name == "text" else "\n".join(m["content"] or "" for m in value)
             chars[at] = len(text)
             words[at] = len(text.split())
             at += 1
