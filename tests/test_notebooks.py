@@ -38,6 +38,7 @@ def listed_runs(folder: Path) -> dict[str, list[str]]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # two passes; the slowest (02) takes ~3 min on 2 quiet cores, far longer on a busy machine
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs_and_runs_again_in_a_fresh_kernel(path, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
