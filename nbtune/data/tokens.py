@@ -607,11 +607,16 @@ def tokenize_rows(rows: Any, tokenizer: Any, config: TokenizerConfig, *, desc: s
     out = rows.map(encode_batch, batched=True, batch_size=256, fn_kwargs={"tokenizer": tokenizer, "config": config},
                    features=features, desc=desc)
     if not column_array(out, "n_trained").any():
+        cut = int(column_array(out, "truncated").sum())
+        why = ("they have no assistant turn" if not cut else
+               f"they are cut at context_length={config.context_length} before their answer" if cut == len(out) else
+               f"{cut:,} are cut at context_length={config.context_length} before their answer, the others have no "
+               "assistant turn")
         raise DataError(
-            f"{desc}: no token of these {len(out):,} rows is trained: they have no assistant turn, so with "
-            "response-only loss there is nothing to learn from",
-            fix="add the assistant's answers (a 'completion' column, or assistant messages), or tokenize with "
-                "response_only_loss=False to train on every token",
+            f"{desc}: no token of these {len(out):,} rows is trained: {why}, so with response-only loss there is "
+            "nothing to learn from",
+            fix=("raise context_length, or " if cut else "") + "add the assistant's answers (a 'completion' column, "
+                "or assistant messages), or tokenize with response_only_loss=False to train on every token",
         )
     return out
 
