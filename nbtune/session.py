@@ -43,7 +43,16 @@ from nbtune.config import CleanConfig, SplitConfig, TokenizerConfig
 from nbtune.data import column, column_array, text_lengths
 from nbtune.errors import ConfigError, DataError, StageOrderError
 from nbtune.storage import atomic_write_json
-from nbtune.store import STATE_FILE, ProjectLockedError, StaleSessionError, Store, hold, let_go, live_sessions
+from nbtune.store import (
+    STATE_FILE,
+    ProjectLockedError,
+    StaleSessionError,
+    Store,
+    hold,
+    let_go,
+    live_sessions,
+    read_dataset,
+)
 from nbtune.viz.data_reports import (
     CleanReport,
     LoadReport,
@@ -1213,12 +1222,10 @@ class Session:
         read (a 1 GB file read by load, clean and tokenize would hold all three); mapped afresh from the project
         folder, a later stage reads only what it needs, and the Session holds exactly what was saved.
         """
-        from datasets import load_from_disk
-
         for name, attr in (("loaded", "_loaded"), ("cleaned", "_cleaned"), ("tokens", "_tokens")):
             folder = self._store.path(name)
             if folder is not None and getattr(self, attr) is not None:
-                setattr(self, attr, _quietly_read(load_from_disk, folder))
+                setattr(self, attr, _quietly_read(read_dataset, folder))
 
     def _autosave(self, data: tuple[str, ...] = ()) -> None:
         if self.autosave and self._holding is not None:
@@ -1249,8 +1256,6 @@ class Session:
 
     def _restore(self, state: dict[str, Any]) -> None:
         """Take over a saved state: settings, runs, and the data folders of its generation."""
-        from datasets import load_from_disk
-
         self._store.adopt(state)
         if not self.read_only:
             removed = self._store.recover()
@@ -1273,7 +1278,7 @@ class Session:
         for name, attr in (("loaded", "_loaded"), ("cleaned", "_cleaned"), ("tokens", "_tokens")):
             folder = self._store.path(name)
             if folder is not None:
-                setattr(self, attr, load_from_disk(str(folder)))
+                setattr(self, attr, _quietly_read(read_dataset, folder))
         self.clean_applied = self._cleaned is not None
         if self._store.path("tokenizer") is not None:
             from transformers import AutoTokenizer
@@ -1422,7 +1427,7 @@ def _quietly_read(read: Any, folder: Path) -> Any:
     was_enabled = not datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()
     try:
-        return read(str(folder))
+        return read(folder)
     finally:
         if was_enabled:
             datasets.enable_progress_bars()
@@ -1488,7 +1493,7 @@ def _token_report(tokenized: Any, tokenizer: Any, name: str, settings: Tokenizer
         note = "the tokenizer's own chat template"
     example: list[tuple[str, bool]] = []
     if first is not None:
-        row = {"text": first["text"]} if "text" in first else {"messages": first["messages"]}
+        row = {k: first[k] for k in ("text", "messages", "tools") if k in first}
         enc = tk.encode_row(tokenizer, row, response_only=settings.response_only_loss)
         example = [(enc.text[s:e] if e > s else tokenizer.convert_ids_to_tokens(i), bool(m))
                    for (s, e), i, m in zip(enc.offsets, enc.input_ids, enc.loss_mask, strict=True)][:400]

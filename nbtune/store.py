@@ -402,3 +402,20 @@ class Store:
         fsync_dir(self.workdir)
         self.lineage, self.generation, self.paths = None, 0, {}
         return target
+
+
+def read_dataset(folder: Path) -> Any:
+    """`datasets.load_from_disk`, except that an empty split (which `save_to_disk` writes with no data file,
+    and `load_from_disk` then cannot read) comes back as an empty dataset with its saved columns."""
+    import datasets
+
+    folder = Path(folder)
+    if (folder / "dataset_dict.json").is_file():
+        names = json.loads((folder / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
+        return datasets.DatasetDict({name: read_dataset(folder / name) for name in names})
+    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    if not state.get("_data_files"):
+        info = json.loads((folder / "dataset_info.json").read_text(encoding="utf-8"))
+        features = datasets.Features.from_dict(info["features"])
+        return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+    return datasets.load_from_disk(str(folder))

@@ -534,3 +534,16 @@ def test_a_session_dropped_without_close_lets_go_of_the_project(tmp_path):
     out = python("import sys, nbtune; print(len(nbtune.Session(sys.argv[1]).dataset))", str(tmp_path / "p"))
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == str(len(counting_docs()))
+
+
+def test_an_empty_validation_split_is_saved_and_read_back(tmp_path):
+    s = nbtune.Session(tmp_path / "p")
+    s.load(counting_docs(), validation_fraction=0.0)
+    s.tokenize(vocab_size=300, context_length=32)
+    assert len(s.tokens["validation"]) == 0 and len(s.tokens["train"]) == len(counting_docs())
+    s.close()
+    again = nbtune.Session(tmp_path / "p")
+    assert len(again.tokens["validation"]) == 0
+    assert again.tokens["validation"].column_names == again.tokens["train"].column_names
+    again.new_model(preset="tiny", layers=2, hidden_size=64, heads=4, kv_heads=2)
+    assert again.train(steps=2, **FAST).status == "finished"  # no validation rows: no evaluation, no error

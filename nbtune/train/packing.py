@@ -43,7 +43,8 @@ def _stream(docs: list[list[int]], masks: list[list[int]], order: np.ndarray) ->
     tokens = np.fromiter((t for i in order for t in docs[i]), dtype=np.int64, count=int(lengths.sum()))
     mask = np.fromiter((m for i in order for m in masks[i]), dtype=np.float32, count=int(lengths.sum()))
     starts = np.zeros(len(tokens), dtype=bool)
-    starts[np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)] = True
+    if len(lengths):  # no documents (an empty validation split): nothing starts
+        starts[np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)] = True
     return tokens, mask, starts
 
 
