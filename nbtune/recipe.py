@@ -186,6 +186,14 @@ def recipe_dict(session: Any, *, data: str, strategy: str, train: dict[str, Any]
 
 
 def _check_exportable(session: Any) -> None:
+    from nbtune.data.formats import PREFERENCE_FORMATS
+
+    columns = session.raw_dataset.column_names if session.raw_dataset is not None else []
+    if session.format in PREFERENCE_FORMATS or "tools" in columns:
+        what = f"{session.format} data" if session.format in PREFERENCE_FORMATS else "chat data with tools"
+        raise StageOrderError(f"export_recipe() does not carry {what} yet: its recipe would lose the extra "
+                              "columns (preference answers, the sft= choice, tool schemas), so nothing was written. "
+                              "Train it in the notebook (s.train()), or load the rows as plain chat first")
     if session.tokens is None or session.tokenizer is None:
         raise StageOrderError("export_recipe() needs tokens: call s.load(...) and s.tokenize() first")
     if not session.model_settings:

@@ -63,3 +63,18 @@ def test_export_paths_with_a_tilde_go_to_the_home_folder(tmp_path, monkeypatch):
     s.export("~/my-model", smoke_prompt=None)
     assert (tmp_path / "home" / "my-model" / "config.json").is_file()
     assert not (s.workdir / "~").exists()
+
+
+def test_a_recipe_of_preference_data_is_refused_rather_than_cut(tmp_path):
+    from pathlib import Path
+
+    from nbtune import StageOrderError
+
+    data = Path(__file__).resolve().parents[1] / "data" / "formats"
+    s = nbtune.Session(tmp_path / "p")
+    s.load(str(data / "standard_preference.jsonl"), sft="chosen")
+    s.tokenize(vocab_size=300, context_length=64)
+    s.new_model(preset="tiny", layers=2, hidden_size=64, heads=4, kv_heads=2)
+    with pytest.raises(StageOrderError, match="does not carry preference data"):
+        s.export_recipe("recipe")
+    assert not (s.workdir / "recipe").exists()
