@@ -161,7 +161,8 @@ def test_resuming_an_attached_run_never_prunes_its_checkpoints(tmp_path):
 # ---------------------------------------------------------------------------- 3. one run at a time
 
 
-def paused_run(s: nbtune.Session, **options):
+def paused_run(s: nbtune.Session, *, steps: int = 50, listeners: tuple = (), **options):
+    """A background run paused after its first step (waits for the pause checkpoint, no sleeping)."""
     paused = threading.Event()
 
     def on_event(event):
@@ -170,7 +171,7 @@ def paused_run(s: nbtune.Session, **options):
         if event.kind == "checkpoint" and event.data["reason"] == "pause":
             paused.set()
 
-    run = s.train(steps=50, listeners=(on_event,), **{**FAST, "background": True, **options})
+    run = s.train(steps=steps, listeners=(on_event, *listeners), **{**FAST, "background": True, **options})
     assert paused.wait(60), "the run did not pause"
     return run
 
@@ -430,16 +431,7 @@ def test_a_listener_that_fails_shows_in_the_run_report_and_the_app(tmp_path):
         if event.kind == "step" and event.step >= 3:
             raise OSError(28, "No space left on device")
 
-    paused = threading.Event()
-
-    def pause_at_one(event):
-        if event.kind == "step" and event.step == 1:
-            s.run.pause()
-        if event.kind == "checkpoint" and event.data["reason"] == "pause":
-            paused.set()
-
-    run = s.train(steps=5, listeners=(pause_at_one, disk_full), **{**FAST, "background": True})
-    assert paused.wait(60)
+    run = paused_run(s, steps=5, listeners=(disk_full,))
     train = s.ui(background=False).panel("Train")
     train.refresh()  # the app opened while the run is paused follows it from now on
     train.resume.click()
