@@ -7,7 +7,8 @@ raises never stops training; its error is kept on the bus and logged once.
 Events (`Event.kind`):
 
 =============  ==============================================================
-run_start      a run begins or resumes (data: config, model, device, plan)
+run_start      a run begins or resumes (data: plan, device, method, resumed_from, setup: attention kernel, loss,
+               compile, memory savers)
 step           an optimizer step finished (loss, lr, grad_norm, tokens, ...)
 eval           a validation pass finished (eval_loss, eval_ppl, ...)
 checkpoint     a checkpoint was written (path, reason)

@@ -432,3 +432,13 @@ def test_8bit_adamw_state_survives_a_checkpoint_bitwise():
         second.grad = g.clone()
         second_opt.step()
     assert torch.equal(second, ref)
+
+
+def test_the_run_header_names_how_a_step_is_computed(scratch_session):
+    starts = []
+    run = scratch_session.train(steps=2, listeners=(lambda e: starts.append(e.data) if e.kind == "run_start" else None,),
+                                **FAST)
+    setup = starts[0]["setup"]
+    assert setup["attention"].startswith("sdpa") and "fused" in setup["loss"] and setup["compile"] is False
+    shown = dict(run.report().summary())
+    assert shown["attention kernel"] == setup["attention"] and shown["memory savers"] == setup["memory"]

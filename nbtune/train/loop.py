@@ -352,7 +352,7 @@ class Engine:
         self.lm.model.train()
         self.status = "running"
         self.emit("run_start", plan=self.plan.__dict__, device=self.lm.device.describe(), method=self.lm.method,
-                  resumed_from=str(self.last_checkpoint) if self.last_checkpoint else None)
+                  resumed_from=str(self.last_checkpoint) if self.last_checkpoint else None, setup=self.setup_report)
         try:
             if self.step == 0 and self.config.eval_at_start:
                 self.evaluate()

@@ -226,7 +226,8 @@ class Run:
         return RunReport(run_id=self.id, method=self.engine.lm.method if self.engine else "?", status=self.status,
                          steps=pick("step"), evals=pick("eval"), samples=pick("sample"), errors=pick("error"),
                          checkpoint=str(self.last_checkpoint) if self.last_checkpoint else None,
-                         total_steps=self.engine.plan.total_steps if self.engine else None)
+                         total_steps=self.engine.plan.total_steps if self.engine else None,
+                         setup=self.engine.setup_report if self.engine else {})
 
     def _ipython_display_(self) -> None:
         self.report()._ipython_display_()

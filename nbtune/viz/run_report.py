@@ -33,6 +33,7 @@ class RunReport(Report):
     errors: list[dict] = field(default_factory=list)
     checkpoint: str | None = None
     total_steps: int | None = None
+    setup: dict = field(default_factory=dict)  # how a step is computed: attention kernel, loss, compile, memory
 
     @property
     def title(self) -> str:  # type: ignore[override]
@@ -44,6 +45,10 @@ class RunReport(Report):
         pairs = [
             ("status", f"{self.status} at step {last.get('step', 0)} of {self.total_steps or '?'}"),
             ("method", self.method),
+            *[(label, str(self.setup[key])) for key, label in (("attention", "attention kernel"), ("loss", "loss"),
+                                                              ("compile", "torch.compile"),
+                                                              ("memory", "memory savers"))
+              if key in self.setup],
             ("tokens seen", f"{last.get('tokens_seen', 0):,}"),
             ("train loss", f"{self.steps[0]['loss']:.4f} → {last['loss']:.4f}" if self.steps else "–"),
             ("validation loss", f"{self.evals[0]['eval_loss']:.4f} → {self.evals[-1]['eval_loss']:.4f}"
