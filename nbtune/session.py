@@ -66,6 +66,7 @@ from nbtune.viz.data_reports import (
 STATE_VERSION = 2
 ACTIVE = ("running", "paused")
 TRUST_FLAGS = ("trust_remote_code", "allow_pickle")
+EXAMPLE_TOKENS = 1024  # the token report's example row: enough for a tool schema, a call and the answer
 __all__ = ["Session", "ProjectLockedError", "StaleSessionError", "STATE_FILE", "check_trust"]
 
 
@@ -1496,7 +1497,7 @@ def _token_report(tokenized: Any, tokenizer: Any, name: str, settings: Tokenizer
         row = {k: first[k] for k in ("text", "messages", "tools") if k in first}
         enc = tk.encode_row(tokenizer, row, response_only=settings.response_only_loss)
         example = [(enc.text[s:e] if e > s else tokenizer.convert_ids_to_tokens(i), bool(m))
-                   for (s, e), i, m in zip(enc.offsets, enc.input_ids, enc.loss_mask, strict=True)][:400]
+                   for (s, e), i, m in zip(enc.offsets, enc.input_ids, enc.loss_mask, strict=True)][:EXAMPLE_TOKENS]
     return TokenReport(
         tokenizer=name, vocab_size=len(tokenizer), context_length=settings.context_length, format=data_format,
         rows=len(lengths), train_tokens=total_train, validation_tokens=int(kept[len(train):].sum()),
