@@ -49,8 +49,13 @@ def jupyterlab(root: Path, frontend: str = "lab") -> Iterator[str]:
     port, token = _free_port(), secrets.token_hex(16)
     home = root / ".home"
     home.mkdir(exist_ok=True)
+    # every cell stays in the page: with windowing, a cell scrolled out of view (the app, after "run all") can
+    # be missing from the DOM for a while, and a locator waiting for it times out on a busy machine
+    tracker = home / "lab-settings" / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True, exist_ok=True)
+    tracker.write_text('{"windowingMode": "none"}')
     env = {**os.environ, "HOME": str(home), "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
-           "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+           "JUPYTERLAB_SETTINGS_DIR": str(home / "lab-settings"), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     log = open(root / "jupyterlab.log", "w")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyter", frontend, "--no-browser", "--allow-root", "--ip=127.0.0.1",
