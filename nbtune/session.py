@@ -1422,31 +1422,31 @@ def _run_order(folder: Path) -> tuple[int, str]:
     return (int(match.group(1)) if match else 1 << 30, folder.name)
 
 
-def _quietly_read(read: Any, folder: Path) -> Any:
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """datasets reads and writes without their progress bars (the stage report already says what happened)."""
     import datasets
 
     was_enabled = not datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()
     try:
-        return read(folder)
+        yield
     finally:
         if was_enabled:
             datasets.enable_progress_bars()
 
 
+def _quietly_read(read: Any, folder: Path) -> Any:
+    with _no_progress_bars():
+        return read(folder)
+
+
 def _quietly(write: Any) -> Any:
-    """Run a datasets write without its progress bar (the stage report already says what happened)."""
+    """A datasets write, without its progress bar."""
 
     def run(tmp: Path) -> None:
-        import datasets
-
-        was_enabled = not datasets.are_progress_bars_disabled()
-        datasets.disable_progress_bars()
-        try:
+        with _no_progress_bars():
             write(tmp)
-        finally:
-            if was_enabled:
-                datasets.enable_progress_bars()
 
     return run
 

@@ -213,24 +213,22 @@ def hold(workdir: Path, user: Any) -> _Holding:
         return holding
 
 
-def _release_if_unused(workdir: Path) -> None:
+def _release_if_unused(workdir: Path, user: Any = None) -> None:
+    """Drop `user` (if given); the lock goes when no Session of this process uses the folder any more."""
     with _holdings_lock:
         holding = _holdings.get(workdir)
-        if holding is not None and not any(True for _ in holding.users):  # iterating skips the dying one
+        if holding is None:
+            return
+        if user is not None:
+            holding.users.discard(user)
+        if not any(True for _ in holding.users):  # iterating skips a Session being garbage-collected
             holding.lock.release()
             del _holdings[workdir]
 
 
 def let_go(workdir: Path, user: Any) -> None:
     """`user` closes the project; the lock goes when no Session of this process uses the folder any more."""
-    with _holdings_lock:
-        holding = _holdings.get(workdir)
-        if holding is None:
-            return
-        holding.users.discard(user)
-        if not any(True for _ in holding.users):
-            holding.lock.release()
-            del _holdings[workdir]
+    _release_if_unused(workdir, user)
 
 
 def live_sessions(workdir: Path) -> list[Any]:
