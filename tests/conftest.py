@@ -1,4 +1,10 @@
-"""Shared test setup: never touch the network, keep caches in a temp dir."""
+"""Shared test setup: never touch the network; the counting data and one way to make a small Session.
+
+Most stage tests need "a session with a tiny model": load the counting documents, train a small BPE, create a
+two-layer Llama. `make_tiny_session` is that recipe, written once; the `tiny_session` fixture calls it inside the
+test's own tmp_path. Tests that need something else say so with its options (other rows, no model, another
+model size, trained for some steps) instead of copying the recipe.
+"""
 
 from __future__ import annotations
 
@@ -36,6 +42,43 @@ def counting_down_docs_list(n: int = 300, seed: int = 1) -> list[str]:
     return [" ".join(reversed(doc.split())) for doc in counting_docs(n, seed)]
 
 
+# The tests' usual scratch model (~0.1M parameters) and the smallest one (a single 32-wide layer).
+TINY_MODEL = dict(preset="tiny", layers=2, hidden_size=64, heads=4, kv_heads=2)
+SMALLEST_MODEL = dict(preset="tiny", layers=1, hidden_size=32, heads=2, kv_heads=1)
+
+
+def make_tiny_session(workdir, docs=None, *, model: dict | None = TINY_MODEL, trained_steps: int = 0,
+                      vocab_size: int = 300, context_length: int = 32, tokenizer: str | None = None,
+                      **load_options) -> nbtune.Session:
+    """A Session in `workdir`: `docs` loaded (the counting documents by default), tokenized, a scratch model made.
+
+    `docs` may be anything `Session.load` takes (text rows, chat rows, a path); `load_options` go to `load`.
+    `tokenizer` is a pretrained tokenizer folder instead of a new BPE of `vocab_size`. `model=None` stops after
+    tokenizing; `trained_steps` trains that many steps with the FAST settings (and checks the run finished).
+    """
+    s = nbtune.Session(workdir)
+    s.load(counting_docs() if docs is None else docs, **load_options)
+    if tokenizer is None:
+        s.tokenize(vocab_size=vocab_size, context_length=context_length)
+    else:
+        s.tokenize(tokenizer=tokenizer, context_length=context_length)
+    if model is not None:
+        s.new_model(**model)
+    if trained_steps:
+        assert s.train(steps=trained_steps, **FAST).status == "finished"
+    return s
+
+
+@pytest.fixture
+def tiny_session(tmp_path):
+    """A factory: `tiny_session()` or `tiny_session("name", docs, **options)`, a session in tmp_path / name."""
+
+    def make(name: str = "s", docs=None, **options) -> nbtune.Session:
+        return make_tiny_session(tmp_path / name, docs, **options)
+
+    return make
+
+
 @pytest.fixture(scope="module")
 def tiny_pretrained(tmp_path_factory):
     """A small 'pretrained' model folder: a tiny Llama trained (with nbtune) on counting up."""
@@ -44,11 +87,8 @@ def tiny_pretrained(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny-pretrained")
     tokenizer = train_bpe_tokenizer(counting_docs() + counting_down_docs_list(), vocab_size=300)
     tokenizer.save_pretrained(root / "tokenizer")
-    s = nbtune.Session(root / "pretraining")
-    s.load(counting_docs(seed=5))
-    s.tokenize(tokenizer=str(root / "tokenizer"), context_length=32)
-    s.new_model(preset="tiny", layers=2, hidden_size=64, heads=4, kv_heads=2)
-    assert s.train(steps=60, **FAST).status == "finished"
+    s = make_tiny_session(root / "pretraining", counting_docs(seed=5), tokenizer=str(root / "tokenizer"),
+                          trained_steps=60)
     s.model.save(root / "model")
     tokenizer.save_pretrained(root / "model")
     return root / "model"

@@ -7,9 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import counting_docs as _counting_docs
+from conftest import FAST, TINY_MODEL, make_tiny_session
 
-import nbtune
 from nbtune.errors import ConfigError, DataError
 from nbtune.eval.compare import AXES, best_checkpoint, compare_runs, config_diff, load_run
 from nbtune.viz.compare_report import overlay_figure
@@ -22,11 +21,9 @@ RUN = dict(steps=9, batch_size=4, warmup_steps=2, eval_every=3, eval_batches=2, 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Three real runs of one session: lr 3e-3, lr 1e-3, and lr 1e-3 with a sample prompt full of HTML."""
-    s = nbtune.Session(tmp_path_factory.mktemp("compare") / "w")
-    s.load(_counting_docs())
-    s.tokenize(vocab_size=300, context_length=32)
+    s = make_tiny_session(tmp_path_factory.mktemp("compare") / "w", model=None)
     for lr, extra in ((3e-3, {}), (1e-3, {}), (1e-3, {"sample_prompt": PAYLOADS[1]})):
-        s.new_model(preset="tiny", layers=2, hidden_size=64, heads=4, kv_heads=2)
+        s.new_model(**TINY_MODEL)
         assert s.train(learning_rate=lr, **RUN, **extra).status == "finished"
     return [s.workdir / record["dir"] for record in s.runs]
 
@@ -78,7 +75,11 @@ def test_every_axis_gives_one_trace_per_run_with_titles(runs, axis):
     assert list(loss.data[0].x) == [r[key] for r in run.steps]
     assert list(loss.data[0].y) == [r["loss"] for r in run.steps]
     assert list(eval_loss.data[0].x) == [e[key] for e in run.evals]
-    assert (run.steps[-1][key] > run.steps[0][key]) if axis != "steps" else True
+    xs = list(loss.data[0].x)
+    assert all(a < b for a, b in zip(xs, xs[1:], strict=False)), xs  # every axis grows with each step
+    per_step = {"steps": 1, "tokens": RUN["batch_size"] * 32, "flops": xs[0]}  # 4 sequences of 32 tokens a step
+    if axis in per_step:  # steps, tokens and FLOPs grow by the same amount every step; time does not
+        assert xs == pytest.approx([per_step[axis] * k for k in range(1, 10)], rel=1e-9)
     unit = {"steps": "step", "tokens": "tokens", "flops": "FLOPs", "time": "seconds"}[axis]
     assert unit in loss.layout.xaxis.title.text
 
@@ -200,16 +201,8 @@ def test_same_run_ids_from_two_workdirs_get_distinct_names(runs, tmp_path):
     assert report.diff == []
 
 
-def test_session_compare_and_export_are_wired(tmp_path):
-    from conftest import FAST, counting_docs
-
-    import nbtune
-
-    s = nbtune.Session(tmp_path / "wired")
-    s.load(counting_docs())
-    s.tokenize(vocab_size=300, context_length=32)
-    s.new_model(preset="tiny", layers=2, hidden_size=64, heads=4, kv_heads=2)
-    s.train(steps=3, **FAST)
+def test_session_compare_and_export_are_wired(tmp_path, tiny_session):
+    s = tiny_session("wired", trained_steps=3)
     s.train(steps=3, **{**FAST, "learning_rate": 1e-3})
     report = s.compare(axis="tokens")
     assert len(report.figures()[0].data) == 2
