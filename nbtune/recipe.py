@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from nbtune import runs
 from nbtune.errors import ConfigError, DataError, StageOrderError
 from nbtune.storage import atomic_replace_dir, atomic_write_json, atomic_write_text
 
@@ -295,7 +296,7 @@ def build_session(folder: Path, workdir: Path, *, trust_remote_code: bool = Fals
         from nbtune.data.tokens import load_pretrained_tokenizer
 
         tokenizer = load_pretrained_tokenizer(str(folder / recipe["tokenizer"]["folder"]))
-        session._tokenize_with(tokenizer, "the recipe's tokenizer", settings)
+        session.tokenize_with(tokenizer, settings, name="the recipe's tokenizer")
         session.new_model(ScratchModelConfig.from_dict(model["config"], path=path))
     else:
         session.tokenizer_config = settings  # use_model re-tokenizes with the model's own tokenizer
@@ -364,15 +365,13 @@ def _bus(run_dir: Path, info: Any, progress: bool, settings: Any, record: dict[s
     """Rank 0 records metrics (and shows progress, and feeds log_to's trackers); the other ranks' events go nowhere."""
     from nbtune.events import EventBus
     from nbtune.train import trackers
-    from nbtune.train.listeners import ConsoleProgress, MetricsFile
+    from nbtune.train.factory import make_bus
+    from nbtune.train.listeners import ConsoleProgress
 
-    bus = EventBus()
-    if info is None or info.is_main:
-        bus.subscribe(MetricsFile(run_dir / "metrics.jsonl"))
-        for listener in trackers.listeners_for(settings, run_dir, record):
-            bus.subscribe(listener)
-        if progress:
-            bus.subscribe(ConsoleProgress())
+    if info is not None and not info.is_main:
+        return EventBus()
+    bus, _ = make_bus(run_dir, [*trackers.listeners_for(settings, run_dir, record),
+                                *([ConsoleProgress()] if progress else [])], recorder=False)
     return bus
 
 
@@ -425,13 +424,13 @@ def run_recipe(folder: str | Path, *, out: str | Path | None = None, run_id: str
 def _train(session: Any, record: dict[str, Any], settings: Any, checkpoint: Path | None, info: Any,
            progress: bool) -> str:
     """The notebook's engine on the rebuilt session: distributed, continued from `checkpoint` if given."""
-    from nbtune.events import StopToken
+    from nbtune.train.factory import session_engine
 
     run_dir = session.workdir / record["dir"]
     with _run_lock(run_dir, info):
         if checkpoint is None and (info is None or info.is_main):
-            session._write_run_file(record)
-        engine = session._make_engine(record, settings, _bus(run_dir, info, progress, settings, record), StopToken())
+            runs.write_run_file(session, record)
+        engine = session_engine(session, record, settings, _bus(run_dir, info, progress, settings, record))
         if info is not None:
             engine.distribute(info)
         if checkpoint is not None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import functools
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from nbtune import runs
 from nbtune.config import CleanConfig, SplitConfig, TokenizerConfig
 from nbtune.data import column, column_array, text_lengths
 from nbtune.errors import ConfigError, DataError, StageOrderError
@@ -64,7 +64,7 @@ from nbtune.viz.data_reports import (
 )
 
 STATE_VERSION = 2
-ACTIVE = ("running", "paused")
+ACTIVE = runs.ACTIVE
 TRUST_FLAGS = ("trust_remote_code", "allow_pickle")
 EXAMPLE_TOKENS = 1024  # the token report's example row: enough for a tool schema, a call and the answer
 __all__ = ["Session", "ProjectLockedError", "StaleSessionError", "STATE_FILE", "check_trust"]
@@ -543,6 +543,16 @@ class Session:
         tokenizer, name = self._make_tokenizer(settings, train)
         return self._tokenize_with(tokenizer, name, settings)
 
+    @_stage()
+    def tokenize_with(self, tokenizer: Any, config: TokenizerConfig | None = None, *, name: str | None = None,
+                      **overrides: Any) -> TokenReport:
+        """Tokenize the current rows with a tokenizer object you already have (e.g. a recipe's saved one).
+
+        `config` / `overrides` give the other token settings (context length, packing, response-only loss).
+        """
+        settings = _config(TokenizerConfig, config, overrides)
+        return self._tokenize_with(tokenizer, name or f"given: {type(tokenizer).__name__}", settings)
+
     def _tokenize_with(self, tokenizer: Any, name: str, settings: TokenizerConfig) -> TokenReport:
         from datasets import DatasetDict
 
@@ -699,38 +709,12 @@ class Session:
         lm = self._require_model("train")
         if self._tokens is None:
             raise StageOrderError("train() needs tokens: call s.tokenize() first")
-        run_id = self._new_run_folder(lm.method)
-        record = {"id": run_id, "dir": f"runs/{run_id}", "method": lm.method, "model": self.model_settings,
-                  "config": settings.to_dict(), "status": "created", "created": _now(), "checkpoint": None}
+        record = runs.new_record(self.workdir, self.runs, lm.method, self.model_settings, settings)
         run = self._make_run(record, settings, listeners, progress, live)
         self.runs.append(record)
-        self._write_run_file(record)
+        runs.write_run_file(self, record)
         self._autosave()
         return run.start()
-
-    def _new_run_folder(self, method: str) -> str:
-        """Create runs/run-NNN-<method>/ with a number no run of this project has used; return the id.
-
-        Numbers come from the session's records and from the folders on disk, and
-        the folder is created exclusively, so a new run never writes into an old one.
-        """
-        taken = [self._run_dir(r).name for r in self.runs] + [r["id"] for r in self.runs]
-        return _new_numbered_folder(self.workdir / "runs", "run", method, taken=taken).name
-
-    def _write_run_file(self, record: dict[str, Any]) -> None:
-        """`runs/<id>/run.json`: everything needed to understand or compare the run without the session."""
-        lm = self._model
-        atomic_write_json(self.workdir / record["dir"] / "run.json", {
-            **record,
-            "model_source": lm.source,
-            "parameters": {"total": lm.card.params_total, "trainable": lm.card.params_trainable},
-            "flops_per_token": lm.card.flops_per_token,
-            "device": lm.device.describe(),
-            "data": {"sources": self.sources, "format": self.format,
-                     "clean": self._stored_clean() if self.clean_applied else None,
-                     "rows": {"train": len(self._tokens["train"]), "validation": len(self._tokens["validation"])}},
-            "tokenizer": self.tokenizer_config.to_dict() if self.tokenizer_config else None,
-        })
 
     @_stage(while_training="allow")
     def resume(self, run_id: str | None = None, *, steps: int | None = None, learning_rate: float | None = None,
@@ -754,66 +738,19 @@ class Session:
         if steps is None and self._run is not None and (run_id is None or self._run.id == run_id) \
                 and self._run.status in ("stopped", "failed"):
             return self._run.resume()
-        record = self._run_record(run_id)
+        record = runs.find_record(self.runs, run_id)
         if record.get("status") == "finished" and steps is None:
             raise StageOrderError(f"{record['id']} finished all its steps; to train it further pass steps=, e.g. "
                                   f"s.resume({record['id']!r}, steps=100), or start a new run with s.train()")
         self._require_model("resume")
         settings = TrainConfig.from_dict(record["config"], path=self.workdir / STATE_FILE)
-        checkpoint = self._last_checkpoint(record)
+        checkpoint = runs.last_checkpoint(self.workdir, record)
         if steps is not None:
-            settings = self._extend_record(record, settings, checkpoint, steps, learning_rate, warmup_steps)
+            settings = runs.extend_record(self.workdir, record, settings, checkpoint, steps=steps,
+                                          learning_rate=learning_rate, warmup_steps=warmup_steps)
         run = self._make_run(record, settings, listeners, progress, live)
         self._autosave()
         return run.start(resume_from=checkpoint)
-
-    def _last_checkpoint(self, record: dict[str, Any]) -> Path:
-        from nbtune.train.checkpoint import list_checkpoints
-
-        found = list_checkpoints(self._run_dir(record))
-        if not found:
-            raise StageOrderError(f"{record['id']} has no checkpoint to resume from; start a new run with s.train()")
-        return found[-1]
-
-    def _extend_record(self, record: dict[str, Any], settings: Any, checkpoint: Path, steps: int,
-                       learning_rate: float | None, warmup_steps: int | None) -> Any:
-        """Re-plan a run for `steps` more steps after `checkpoint`; record the new schedule segment."""
-        from nbtune.train.checkpoint import read_state
-
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise ConfigError(f"steps must be a whole number of at least 1, got {steps!r}", column="steps",
-                              fix="pass how many more optimizer steps to train, e.g. steps=100")
-        start = int(read_state(checkpoint)["step"])
-        peak = learning_rate if learning_rate is not None else settings.learning_rate
-        warmup = warmup_steps if warmup_steps is not None else max(1, round(0.05 * steps))
-        extended = settings.replace(steps=start + steps, learning_rate=peak, warmup_steps=warmup)
-        extended.validate()
-        segments = record.get("segments") or [{"start": 0, "end": start, "learning_rate": settings.learning_rate,
-                                               "warmup_steps": settings.warmup_steps}]
-        record["segments"] = [*segments, {"start": start, "end": start + steps, "learning_rate": peak,
-                                          "warmup_steps": warmup, "added": _now()}]
-        record["config"] = extended.to_dict()
-        if not record.get("attached"):
-            self._update_run_file(record)
-        return extended
-
-    def _update_run_file(self, record: dict[str, Any]) -> None:
-        """Write the record's settings and schedule segments into run.json, keeping what it already says."""
-        import json
-
-        path = self._run_dir(record) / "run.json"
-        saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-        atomic_write_json(path, {**saved, "config": record["config"], "segments": record.get("segments")})
-
-    def _run_record(self, run_id: str | None) -> dict[str, Any]:
-        if not self.runs:
-            raise StageOrderError("this session has no runs yet: call s.train(...)")
-        if run_id is None:
-            return self.runs[-1]
-        for record in self.runs:
-            if record["id"] == run_id:
-                return record
-        raise StageOrderError(f"no run {run_id!r} in this session; runs: {', '.join(r['id'] for r in self.runs)}")
 
     def _live_chart(self, record: dict[str, Any]) -> Any:
         """The notebook's live chart for this run (None outside notebooks), already on screen."""
@@ -827,71 +764,37 @@ class Session:
 
     def _make_run(self, record: dict[str, Any], settings: Any, listeners: tuple, progress: bool | None,
                   live: bool | None = None) -> Any:
-        from nbtune.events import EventBus, StopToken
+        """A run handle for `record`: its bus (metrics, session bookkeeping, a live chart or a progress bar,
+        the caller's listeners, trackers) and an engine built when it starts."""
+        from nbtune.events import StopToken
         from nbtune.train import trackers
-        from nbtune.train.listeners import ConsoleProgress, MetricsFile, MetricsRecorder
+        from nbtune.train.factory import make_bus, session_engine
+        from nbtune.train.listeners import ConsoleProgress
         from nbtune.train.run import Run, default_background
 
         background = settings.background if settings.background is not None else default_background()
-        bus, token, recorder = EventBus(), StopToken(), MetricsRecorder()
         run_dir = self.workdir / record["dir"]
         settings = settings.for_method(record["method"])  # learning rate / batch left at None: the method's defaults
         record["config"] = settings.to_dict()
         tracked = trackers.listeners_for(settings, run_dir, record)  # log_to=...; a missing package raises here
-        bus.subscribe(recorder)
-        bus.subscribe(MetricsFile(run_dir / "metrics.jsonl"))
-        bus.subscribe(self._run_bookkeeper(record), kinds=("checkpoint", "run_end", "run_start"))
-        live = self._live_chart(record) if live is not False else None
-        if live is not None:
-            bus.subscribe(live)
-        elif progress if progress is not None else not background:
-            bus.subscribe(ConsoleProgress())
-        for listener in (*listeners, *tracked):
-            bus.subscribe(listener)
-        run = Run(record["id"], run_dir, lambda: self._make_engine(record, settings, bus, token), bus, token,
+        shown = self._live_chart(record) if live is not False else None
+        if shown is None and (progress if progress is not None else not background):
+            shown = ConsoleProgress()
+        bus, recorder = make_bus(run_dir, [self._run_bookkeeper(record), *([shown] if shown else []), *listeners,
+                                           *tracked])
+        token = StopToken()
+        run = Run(record["id"], run_dir, lambda: session_engine(self, record, settings, bus, token), bus, token,
                   recorder, background)
         run.extender = lambda steps, **options: self.resume(record["id"], steps=steps, **options)
         self._run = run
         return run
 
-    def _make_engine(self, record: dict[str, Any], settings: Any, bus: Any, token: Any) -> Any:
-        from nbtune.train.loop import Engine
-
-        lm = self._model
-        tokenizer = lm.tokenizer or self._tokenizer
-        seq_len = settings.seq_len or self.tokenizer_config.context_length
-        segments = record.get("segments") or [{"start": 0}]
-        return Engine(schedule_start=segments[-1]["start"], prune_checkpoints=not record.get("attached"),
-                      loaded_model=lm, train_rows=self._tokens["train"], validation_rows=self._tokens["validation"],
-                      config=settings, seq_len=seq_len, pack_rows=self.tokenizer_config.pack,
-                      pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-                      run_dir=self.workdir / record["dir"], run_id=record["id"], bus=bus, token=token,
-                      flops_per_token=_flops_at(lm.card, seq_len),
-                      sample_prompt_ids=self._sample_ids(tokenizer, settings.sample_prompt),
-                      decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=False),
-                      tokens_per_byte=self._tokens_per_byte("validation"))
-
-    def _tokens_per_byte(self, split: str) -> float | None:
-        """Trained tokens per byte of trained text in a split (turns nats/token into bits/byte)."""
-        part = self._tokens[split]
-        if len(part) == 0 or "n_bytes" not in part.column_names:
-            return None
-        total_bytes = sum(column(part, "n_bytes"))
-        return sum(column(part, "n_trained")) / total_bytes if total_bytes else None
-
-    def _sample_ids(self, tokenizer: Any, prompt: str | None) -> list[int] | None:
-        if not prompt:
-            return None
-        if self.format == "text":
-            return tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-
     def _run_bookkeeper(self, record: dict[str, Any]) -> Any:
         """Keep the run's record in session.json current (status, last checkpoint)."""
 
         def update(event: Any) -> None:
+            if event.kind not in ("checkpoint", "run_end", "run_start"):
+                return
             with self._stage_lock.held("bookkeeping"):
                 if event.kind == "checkpoint":
                     record["checkpoint"] = event.data["path"]
@@ -924,14 +827,14 @@ class Session:
         """
         from nbtune.eval.generate import base_model_context
         from nbtune.eval.metrics import evaluate_rows, worst_examples
+        from nbtune.train.factory import pad_id
         from nbtune.viz.eval_reports import EvalReport
 
         lm = self._idle_model("evaluate")
         rows = self._tokens[split]
         tokenizer = lm.tokenizer or self._tokenizer
         kwargs = {"device": lm.device, "batch_size": batch_size, "max_rows": max_rows,
-                  "seq_len": self.tokenizer_config.context_length,
-                  "pad_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id}
+                  "seq_len": self.tokenizer_config.context_length, "pad_id": pad_id(tokenizer)}
         result = evaluate_rows(lm.model, rows, **kwargs)
         others = []
         if compare_base if compare_base is not None else lm.is_lora:
@@ -991,7 +894,7 @@ class Session:
 
         if not self.runs:
             raise StageOrderError("compare() needs runs: train at least one with s.train(...)")
-        records = self.runs if run_ids is None else [self._run_record(run_id) for run_id in run_ids]
+        records = self.runs if run_ids is None else [runs.find_record(self.runs, run_id) for run_id in run_ids]
         report = compare_runs([self.workdir / r["dir"] for r in records], axis=axis, metrics=metrics)
         self.reports["compare"] = report
         return report
@@ -1153,7 +1056,7 @@ class Session:
         if len(val) == 0:
             raise DataError("the lab needs held-out rows, and the validation split is empty",
                             fix="s.split(validation_fraction=0.1) (or load more rows)")
-        folder = _new_numbered_folder(self.workdir / "lab", "lab")
+        folder = runs.new_numbered_folder(self.workdir / "lab", "lab")
         result = run_lab(train, val, settings, workdir=folder, chat=self.format != "text")
         report = LabReport(result)
         self.reports["lab"] = report
@@ -1285,42 +1188,7 @@ class Session:
             from transformers import AutoTokenizer
 
             self._tokenizer = AutoTokenizer.from_pretrained(str(self._store.path("tokenizer")))
-        self._reconcile_runs()
-
-    def _reconcile_runs(self) -> None:
-        """Runs as their folders tell it: a run left 'running' by a dead kernel is 'interrupted' (resumable);
-        a run folder that session.json does not list (an older nbtune started over it) is listed again."""
-        from nbtune.eval.compare import load_run
-        from nbtune.train.run import run_lock_holder
-
-        for record in self.runs:
-            folder = self._run_dir(record)
-            if record.get("status") not in ("created", *ACTIVE) or run_lock_holder(folder) is not None:
-                continue
-            try:
-                found = load_run(folder)
-            except DataError:
-                record["status"] = "interrupted"
-                continue
-            record["status"] = "interrupted" if found.status in ("created", *ACTIVE) else found.status
-            record["checkpoint"] = str(found.checkpoints[-1]) if found.checkpoints else record.get("checkpoint")
-            record["step"] = found.steps[-1]["step"] if found.steps else record.get("step", 0)
-        listed = {self._run_dir(r).resolve() for r in self.runs}
-        runs_dir = self.workdir / "runs"
-        for folder in sorted(runs_dir.iterdir() if runs_dir.is_dir() else [], key=_run_order):
-            if folder.resolve() in listed or not (folder / "run.json").is_file():
-                continue
-            try:
-                found = load_run(folder)
-            except DataError:
-                continue
-            self.runs.append({**{k: found.config.get(k) for k in ("id", "method", "model", "config", "created")},
-                              "id": folder.name, "dir": f"runs/{folder.name}", "status": found.status,
-                              "checkpoint": str(found.checkpoints[-1]) if found.checkpoints else None,
-                              "step": found.steps[-1]["step"] if found.steps else 0, "recovered": _now()})
-
-    def _run_dir(self, record: dict[str, Any]) -> Path:
-        return self.workdir / record["dir"]
+        runs.reconcile(self.workdir, self.runs)
 
     # ---------------------------------------------------------------- display
     def stages(self) -> list[tuple[str, str]]:
@@ -1385,41 +1253,11 @@ class Session:
         return write_html_report(target, title or f"nbtune report · {self.workdir.name}", sections)
 
 
-def _flops_at(card: Any, seq_len: int) -> float:
-    """The card's FLOPs per token (6N + 12 L h T), with T the run's sequence length instead of the card's."""
-    return card.flops_per_token + 12.0 * card.layers * card.hidden * (seq_len - card.seq_len)
-
-
 def _writer(name: str, value: Any) -> Callable[[Path], None]:
     """How one data item writes itself into a folder (datasets, or a tokenizer's save_pretrained)."""
     if name == "tokenizer":
         return lambda folder: value.save_pretrained(str(folder))
     return lambda folder: value.save_to_disk(str(folder))
-
-
-def _new_numbered_folder(parent: Path, prefix: str, suffix: str = "", *, taken: list[str] = ()) -> Path:
-    """Create parent/<prefix>-NNN[-suffix]/ with a number above every one in use (on disk or in `taken`).
-
-    The folder is made exclusively, so two calls can never share one: a re-run
-    never writes into what an earlier run wrote.
-    """
-    pattern = re.compile(rf"^{re.escape(prefix)}-(\d+)(?:-|$)")
-    names = [*taken, *(p.name for p in parent.iterdir())] if parent.is_dir() else list(taken)
-    number = max((int(m.group(1)) for name in names if (m := pattern.match(name))), default=0) + 1
-    parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        folder = parent / (f"{prefix}-{number:03d}" + (f"-{suffix}" if suffix else ""))
-        try:
-            folder.mkdir()
-            return folder
-        except FileExistsError:
-            number += 1
-
-
-def _run_order(folder: Path) -> tuple[int, str]:
-    """run-002-lora before run-010-lora; other names after, by name."""
-    match = re.match(r"^run-(\d+)-", folder.name)
-    return (int(match.group(1)) if match else 1 << 30, folder.name)
 
 
 @contextlib.contextmanager

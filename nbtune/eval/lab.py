@@ -36,8 +36,7 @@ import numpy as np
 from nbtune.config import LabConfig, PretrainedModelConfig, ScratchModelConfig, TokenizerConfig, TrainConfig
 from nbtune.data import column
 from nbtune.data import tokens as tk
-from nbtune.events import EventBus, StopToken
-from nbtune.train.listeners import MetricsFile, MetricsRecorder
+from nbtune.train.factory import make_bus, make_engine
 
 
 @dataclass
@@ -175,21 +174,6 @@ def _subset(rows: Any, fraction: float, seed: int) -> Any:
     return rows.select(np.sort(order[:keep]))
 
 
-def _engine(lm: Any, train_tok: Any, val_tok: Any, settings: TrainConfig, *, seq_len: int, pad_id: int,
-            run_dir: Path, run_id: str) -> tuple[Any, MetricsRecorder]:
-    from nbtune.train.loop import Engine
-
-    bus, recorder = EventBus(), MetricsRecorder()
-    bus.subscribe(recorder)
-    bus.subscribe(MetricsFile(run_dir / "metrics.jsonl"))
-    n_bytes = sum(column(val_tok, "n_bytes"))
-    engine = Engine(loaded_model=lm, train_rows=train_tok, validation_rows=val_tok, config=settings,
-                    seq_len=seq_len, pack_rows=True, pad_id=pad_id, run_dir=run_dir, run_id=run_id, bus=bus,
-                    token=StopToken(), flops_per_token=lm.card.flops_per_token,
-                    tokens_per_byte=sum(column(val_tok, "n_trained")) / n_bytes if n_bytes else None)
-    return engine, recorder
-
-
 def _train_arm(arm: str, fraction: float, lm: Any, tokenizer: Any, train_rows: Any, val_rows: Any, steps: int,
                lr: float, config: LabConfig, workdir: Path, token_config: TokenizerConfig,
                start: dict | None = None, compute: float | None = None, sweep: bool = False) -> ArmResult:
@@ -204,9 +188,10 @@ def _train_arm(arm: str, fraction: float, lm: Any, tokenizer: Any, train_rows: A
                            eval_batches=eval_batches, eval_at_start=start is None, seed=config.seed,
                            background=False)
     run_id = f"lab-{arm}-{int(round(fraction * 100)):03d}" + (f"-x{compute:g}" if sweep else "")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    engine, recorder = _engine(lm, train_tok, val_tok, settings, seq_len=config.seq_len, pad_id=pad,
-                               run_dir=workdir / run_id, run_id=run_id)
+    bus, recorder = make_bus(workdir / run_id)
+    engine = make_engine(loaded_model=lm, tokenizer=tokenizer, train_rows=train_tok, validation_rows=val_tok,
+                         settings=settings, seq_len=config.seq_len, pack_rows=True, run_dir=workdir / run_id,
+                         run_id=run_id, bus=bus, flops_per_token=lm.card.flops_per_token)
     status = engine.run()
     if status != "finished":
         raise RuntimeError(f"the {arm} arm at {fraction:.0%} of the data ended {status}: {engine.error}")
