@@ -14,10 +14,9 @@ from nbtune.data.tokens import train_bpe_tokenizer
 from nbtune.device import DeviceInfo, pick_device
 from nbtune.errors import ConfigError
 from nbtune.models.base import LoadedModel, rebuild
-from nbtune.models.card import estimate_card, flops_per_token, human_bytes
+from nbtune.models.card import estimate_card, human_bytes
 from nbtune.models.scratch import (
     PRESETS,
-    default_intermediate,
     new_model,
     plan_scratch,
     resolve_sizes,
@@ -88,7 +87,7 @@ def test_explicit_settings_override_the_preset():
     sizes = resolve_sizes(ScratchModelConfig(preset="small", layers=3, hidden_size=96, heads=6, kv_heads=3,
                                              context_length=100), context_length=512)
     assert (sizes["layers"], sizes["hidden_size"], sizes["heads"], sizes["kv_heads"]) == (3, 96, 6, 3)
-    assert sizes["intermediate_size"] == default_intermediate(96) == 256  # follows the new width, not the preset
+    assert sizes["intermediate_size"] == 256  # 96 * 8 / 3, follows the new width (the preset's is 704)
     assert sizes["context_length"] == 100  # the model's own setting wins over the tokenizer settings
     assert resolve_sizes(ScratchModelConfig(preset="tiny"), context_length=77)["context_length"] == 77
     # heads changed alone: the preset's kv_heads (2) are kept when they divide, else one kv head per head
@@ -137,12 +136,15 @@ def test_missing_tokenizer_is_a_config_error():
 def test_card_numbers_add_up():
     card = plan_scratch(ScratchModelConfig(preset="small"), tokenizer=_VocabOnly(), context_length=256, batch_size=4,
                         device=_device(16))
-    n = card.params_total
-    assert card.params_trainable == n
-    assert card.weight_bytes == 4 * n and card.gradient_bytes == 4 * n and card.optimizer_bytes == 8 * n
+    # "small": 12 layers of width 256, 8 heads of 32 (4 kv heads: k and v are 256 x 128), MLP 704, vocab 4096, tied
+    per_layer = 2 * 256 * 256 + 2 * 256 * 128 + 3 * 256 * 704 + 2 * 256  # q, o; k, v; gate, up, down; two norms
+    n = 12 * per_layer + 4096 * 256 + 256  # + the embedding (also the head) + the final norm
+    assert n == 9_902_336 and card.params_total == n and card.params_trainable == n
+    assert card.weight_bytes == 4 * n and card.gradient_bytes == 4 * n and card.optimizer_bytes == 8 * n  # fp32 AdamW
     assert card.total_bytes == card.weight_bytes + card.gradient_bytes + card.optimizer_bytes + card.activation_bytes
     assert card.seq_len == 256 and card.batch == 4
-    assert card.flops_per_token == 6 * n + 12 * card.layers * card.hidden * 256
+    # 6N (forward 2N + backward 4N) + attention 12 L h T = 59,414,016 + 12 * 12 * 256 * 256
+    assert card.flops_per_token == 68_851_200
     assert card.fits is True and card.advice is None
     assert 0 < card.activation_bytes < 4 * 2**30
 
@@ -160,7 +162,8 @@ def test_activations_scale_with_batch_and_shrink_with_checkpointing():
 def test_flops_formula_without_tied_embeddings_skips_the_lookup_table():
     card = estimate_card(params_total=1000, params_trainable=1000, layers=2, hidden=8, heads=2, kv_heads=2, vocab=10,
                          context=16, batch=1, seq_len=16, device=CPU, method="scratch", tied_embeddings=False)
-    assert card.flops_per_token == flops_per_token(matmul_params=1000 - 80, layers=2, hidden=8, seq_len=16)
+    # the 10 x 8 input table is a lookup, not a matmul: 6 * (1000 - 80) + 12 * 2 layers * 8 wide * 16 tokens
+    assert card.flops_per_token == 5_520 + 3_072
 
 
 def test_card_fits_logic_and_advice():
@@ -255,7 +258,7 @@ def test_explicit_knobs_reach_the_model(tokenizer):
     loaded = new_model(config, tokenizer=tokenizer, context_length=48, device=CPU)
     c = loaded.model.config
     assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads) == (3, 64, 2, 1)
-    assert c.intermediate_size == default_intermediate(64)
+    assert c.intermediate_size == 192  # 64 * 8 / 3 = 170.7, rounded up to a multiple of 32
     assert c.max_position_embeddings == 48
     assert loaded.card.params_total == _numel(loaded.model)
     assert loaded.model.lm_head.weight.data_ptr() != loaded.model.model.embed_tokens.weight.data_ptr()
