@@ -65,14 +65,17 @@ def test_column_names_file_names_and_chat_messages(tmp_path):
     s.tokenize(vocab_size=300, context_length=64)
     for html in _all_html(s):
         _assert_no_raw_payload(html)
+    assert "&lt;img src=x onerror=alert(1)&gt;" in "".join(_all_html(s))  # shown, as text: not left out
 
     s2 = Session(tmp_path / "w2")
     s2.load([{"<svg onload=alert(2)>": f"text {i} here"} for i in range(10)])
     for html in _all_html(s2):
         _assert_no_raw_payload(html)
+    assert "&lt;svg onload=alert(2)&gt;" in s2.reports["load"]._repr_html_()  # the column name, escaped
 
 
 @pytest.mark.parametrize("payload", PAYLOADS)
 def test_helpers_escape(payload):
-    assert payload not in table(["h"], [[payload]])
-    assert payload not in diff_html(payload, payload + " x")
+    for html in (table(["h"], [[payload]]), diff_html(payload, payload + " x")):
+        assert payload not in html
+        assert "&lt;" in html  # shown escaped, not dropped
