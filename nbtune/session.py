@@ -885,6 +885,29 @@ class Session:
         self.reports["generate"] = report
         return report
 
+    @_stage(changes=False, while_training="allow")
+    def chat(self, prompt: str, *, others: Any = (), base: bool | None = None, history: Any = None,
+             max_new_tokens: int = 128, temperature: float | None = None, top_p: float = 0.95, seed: int = 0,
+             stream: Any = True, stop: Any = None) -> Any:
+        """Answers to `prompt` streaming in side by side: this model, its base (LoRA; `base=`), and `others`
+        (other Sessions: a list, or {name: session}), each through its own chat template and stop tokens.
+
+        `history=` the report of an earlier chat continues that conversation. Greedy unless `temperature` > 0.
+        `stream`: True shows the text as it is written, False nothing, a function gets each `ChatDelta`.
+        `stop` (a threading.Event) ends the answers between two tokens. Refused while a run trains.
+        """
+        from nbtune.eval.chat import Sampling, named_sessions, run_chat, session_models
+
+        lm = self._idle_model("chat")
+        models = session_models(lm, lm.tokenizer or self._tokenizer, "this session", chat=self.format != "text",
+                                base=base)
+        for name, other in named_sessions(others):
+            olm = other._idle_model("chat")
+            models += session_models(olm, olm.tokenizer or other.tokenizer, name, chat=other.format != "text",
+                                     base=False)
+        return run_chat(models, prompt, history=history, stream=stream, stop=stop,
+                        sampling=Sampling(max_new_tokens, temperature, top_p, seed))
+
     # ---------------------------------------------------------- compare, export
     @_stage(changes=False, while_training="allow")
     def compare(self, run_ids: list[str] | None = None, *, axis: str = "steps",

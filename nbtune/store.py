@@ -238,6 +238,12 @@ def live_sessions(workdir: Path) -> list[Any]:
         return list(holding.users) if holding is not None else []
 
 
+def open_sessions() -> list[Any]:
+    """Every open (writable) Session object of this process, whatever its folder."""
+    with _holdings_lock:
+        return [user for holding in _holdings.values() for user in holding.users]
+
+
 # ---------------------------------------------------------------------------- the store
 
 
