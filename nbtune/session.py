@@ -36,11 +36,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from nbtune import runs
 from nbtune.config import CleanConfig, SplitConfig, TokenizerConfig
-from nbtune.data import column, column_array, text_lengths
+from nbtune.data import column
+from nbtune.data import reports as data_reports
+from nbtune.data.split import split_rows
 from nbtune.errors import ConfigError, DataError, StageOrderError
 from nbtune.storage import atomic_write_json
 from nbtune.store import (
@@ -59,14 +59,12 @@ from nbtune.viz.data_reports import (
     MessageReport,
     ProblemInfo,
     SplitReport,
-    StepRow,
     TokenReport,
 )
 
 STATE_VERSION = 2
 ACTIVE = runs.ACTIVE
 TRUST_FLAGS = ("trust_remote_code", "allow_pickle")
-EXAMPLE_TOKENS = 1024  # the token report's example row: enough for a tool schema, a call and the answer
 __all__ = ["Session", "ProjectLockedError", "StaleSessionError", "STATE_FILE", "check_trust"]
 
 
@@ -104,13 +102,6 @@ def _config(cls: type, config: Any, overrides: dict[str, Any], stored: dict | No
     merged = base.replace(**overrides)
     merged.validate()
     return merged
-
-
-def _row_text(row: dict[str, Any]) -> str:
-    """One line of readable text for a row (chat rows as 'role: content' lines)."""
-    if "text" in row:
-        return row["text"]
-    return "\n".join(f"{m['role']}: {m['content']}" for m in row["messages"])
 
 
 class StageLock:
@@ -352,23 +343,8 @@ class Session:
             raise StageOrderError(f"{stage}() needs data: call s.load(path_or_data) or s.load_example('kjv') first")
         return self.dataset
 
-    def _validation_ids(self, n_loaded: int, config: SplitConfig) -> np.ndarray:
-        """Row ids held out for validation: a seeded permutation of all loaded row ids.
-
-        The split is defined on row ids of the loaded data, so cleaning removes rows
-        from either side but never moves a row from one side to the other.
-        """
-        n_val = int(round(n_loaded * config.validation_fraction))
-        if config.validation_fraction > 0 and n_loaded >= 2:
-            n_val = min(max(n_val, 1), n_loaded - 1)
-        perm = np.random.default_rng(config.seed).permutation(n_loaded)
-        return np.sort(perm[:n_val])
-
     def _split(self, dataset: Any, n_loaded: int, config: SplitConfig) -> tuple[Any, Any]:
-        val_ids = self._validation_ids(n_loaded, config)
-        row_ids = column_array(dataset, "row_id").astype(np.int64)
-        is_val = np.isin(row_ids, val_ids)
-        return dataset.select(np.flatnonzero(~is_val)), dataset.select(np.flatnonzero(is_val))
+        return split_rows(dataset, n_loaded, config)
 
     @property
     def train_split(self) -> Any:
@@ -433,7 +409,7 @@ class Session:
             {"origin": origin, "format": loaded.format, "mapping": loaded.mapping, "rows": len(loaded.dataset),
              "files": loaded.files[:50], "loaded_at": _now()}]
         problems = [ProblemInfo(p.kind, p.count, list(p.examples), p.message) for p in self._find_problems(loaded)]
-        report = self._load_report(dataset, loaded, origin, problems, split_config, time.perf_counter() - started)
+        report = data_reports.load_report(dataset, loaded, origin, problems, split_config, time.perf_counter() - started)
         # commit: nothing above touched self
         self._loaded, self._cleaned, self._tokens = dataset, None, None
         self.clean_applied = False
@@ -449,18 +425,6 @@ class Session:
         from nbtune.data.load import find_problems
 
         return find_problems(loaded)
-
-    def _load_report(self, dataset: Any, loaded: Any, origin: dict, problems: list[ProblemInfo],
-                     split_config: SplitConfig, seconds: float) -> LoadReport:
-        chars, words = text_lengths(dataset)  # batch by batch: no list of every document's text
-        train, val = self._split(dataset, len(dataset), split_config)
-        sample_rows = dataset.select(range(min(5, len(dataset))))
-        sample = [(row["row_id"], _row_text(row)) for row in sample_rows]
-        return LoadReport(
-            source=_describe_origin(origin), format=loaded.format, format_reason=loaded.format_reason,
-            mapping=loaded.mapping, columns=loaded.columns, rows=len(dataset), train_rows=len(train),
-            validation_rows=len(val), sample=sample, char_lengths=chars.tolist(),
-            word_lengths=words.tolist(), problems=problems, seconds=seconds, training=loaded.training)
 
     @_stage()
     def split(self, validation_fraction: float | None = None, seed: int | None = None) -> SplitReport:
@@ -488,7 +452,7 @@ class Session:
         recipe = _config(CleanConfig, config, overrides, self._stored_clean())
         result = clean.preview(self._loaded_or_raise("preview_clean"), recipe, sample_size=sample_size,
                                seed=self.split_config.seed)
-        report = _clean_report(result, applied=False)
+        report = data_reports.clean_report(result, applied=False)
         self.reports["clean_preview"] = report
         return report
 
@@ -504,7 +468,7 @@ class Session:
         recipe = _config(CleanConfig, config, overrides, self._stored_clean())
         result = clean.apply(self._loaded_or_raise("clean"), recipe)
         train, val = self._split(result.dataset, len(self._loaded), self.split_config)
-        report = _clean_report(result, applied=True, train_rows=len(train), validation_rows=len(val))
+        report = data_reports.clean_report(result, applied=True, train_rows=len(train), validation_rows=len(val))
         self._cleaned, self._tokens = result.dataset, None
         self.clean_config, self.clean_applied = recipe, True
         self.reports["clean"] = report
@@ -567,7 +531,7 @@ class Session:
         content = [c for c in ("text", "messages") if c in tokenized_train.column_names]
         tokenized = DatasetDict({"train": tokenized_train.remove_columns(content),  # the rows keep the text
                                  "validation": tokenized_val.remove_columns(content)})
-        report = _token_report(tokenized, tokenizer, name, settings, self.format or "text", template_added,
+        report = data_reports.token_report(tokenized, tokenizer, name, settings, self.format or "text", template_added,
                                time.perf_counter() - started, train)
         self._tokenizer, self._tokens, self.tokenizer_config = tokenizer, tokenized, settings
         self.reports["tokens"] = report
@@ -851,7 +815,7 @@ class Session:
     def _texts_by_row_id(self) -> dict[int, str]:
         data = self.dataset
         name = "text" if "text" in data.column_names else "messages"
-        return {rid: _row_text({name: value}) for rid, value in zip(column(data, "row_id"), column(data, name),
+        return {rid: data_reports.row_text({name: value}) for rid, value in zip(column(data, "row_id"), column(data, name),
                                                                       strict=True)}
 
     @_stage(changes=False, while_training="allow")
@@ -924,9 +888,11 @@ class Session:
 
     @_stage(changes=False, while_training="running")
     def export(self, directory: str | Path, *, merge: bool | None = None, chat_template: str | None = None,
-               smoke_prompt: str | None = "Hello!", max_new_tokens: int = 20) -> Any:
+               smoke_prompt: str | None = "Hello!", max_new_tokens: int = 20, format: str = "safetensors",
+               quantization: str | None = None) -> Any:
         """Write the model (or LoRA adapter; `merge=True` for a merged model) with its tokenizer, then reload
-        what was written and generate from it as a smoke test."""
+        what was written and generate from it as a smoke test. `format='gguf'` adds a llama.cpp / Ollama file
+        (`quantization`: f16, bf16, f32 or q8_0) with a Modelfile and a parity check."""
         from nbtune.eval.export import export_model
 
         lm = self._require_model("export")
@@ -937,7 +903,7 @@ class Session:
         report = export_model(lm, target, merge=merge, chat_template=chat_template,
                               tokenizer=None if lm.tokenizer is not None else self._tokenizer,
                               smoke_prompt=smoke_prompt, max_new_tokens=max_new_tokens,
-                              use_chat_template=self.format != "text")
+                              use_chat_template=self.format != "text", format=format, quantization=quantization)
         self.reports["export"] = report
         return report
 
@@ -1219,7 +1185,7 @@ class Session:
         rows = len(self._loaded) if self._loaded is not None else 0
         current = len(self.dataset) if self._loaded is not None else 0
         return [
-            ("data", f"{rows:,} rows, {self.format}, from {', '.join(_describe_origin(s['origin']) for s in self.sources)}"
+            ("data", f"{rows:,} rows, {self.format}, from {', '.join(data_reports.describe_origin(s['origin']) for s in self.sources)}"
              if self._loaded is not None else "nothing loaded"),
             ("clean", f"applied: {current:,} rows left" if self.clean_applied else
              ("recipe set, not applied" if self.clean_config else "not cleaned")),
@@ -1312,57 +1278,3 @@ def _quietly(write: Any) -> Any:
     return run
 
 
-def _describe_origin(origin: dict[str, Any]) -> str:
-    kind = origin.get("kind", "?")
-    if kind == "example":
-        return f"embedded example '{origin.get('name')}'"
-    for key in ("path", "pattern", "id", "description"):
-        if origin.get(key):
-            return f"{kind} {origin[key]}"
-    return str(kind)
-
-
-def _clean_report(result: Any, *, applied: bool, train_rows: int | None = None,
-                  validation_rows: int | None = None) -> CleanReport:
-    steps = [StepRow(s.name, s.kind, s.changed, s.removed, list(s.changed_examples), list(s.removed_examples))
-             for s in result.steps]
-    return CleanReport(applied=applied, rows_before=result.rows_before, rows_after=result.rows_after, steps=steps,
-                       lengths_before=list(result.lengths_before), lengths_after=list(result.lengths_after),
-                       seconds=result.seconds, train_rows=train_rows, validation_rows=validation_rows,
-                       sampled=result.sampled)
-
-
-def _token_report(tokenized: Any, tokenizer: Any, name: str, settings: TokenizerConfig, data_format: str,
-                  template_added: bool, seconds: float, rows: Any) -> TokenReport:
-    """The token report; `rows` are the training split's rows (their text, which the tokens do not keep)."""
-    from nbtune.data import tokens as tk
-
-    train, val = tokenized["train"], tokenized["validation"]
-    lengths = np.asarray(column(train, "n_tokens") + column(val, "n_tokens"), dtype=np.int64)
-    kept = np.minimum(lengths, settings.context_length) if not (data_format == "text" and settings.pack) else lengths
-    total_train = int(kept[: len(train)].sum())
-    trained = int(np.sum(column(train, "n_trained")))
-    chars = int(text_lengths(rows)[0].sum())
-    first = rows[0] if len(rows) else None
-    over = int((lengths > settings.context_length).sum())
-    splittable = data_format == "text" and settings.pack
-    action = "split across packed sequences (nothing lost)" if splittable else "truncated to the context length"
-    if data_format == "text":
-        note = "plain text: every document ends with EOS"
-    elif template_added:
-        note = "the tokenizer had no chat template; using a ChatML-style template"
-    else:
-        note = "the tokenizer's own chat template"
-    example: list[tuple[str, bool]] = []
-    if first is not None:
-        row = {k: first[k] for k in ("text", "messages", "tools") if k in first}
-        enc = tk.encode_row(tokenizer, row, response_only=settings.response_only_loss)
-        example = [(enc.text[s:e] if e > s else tokenizer.convert_ids_to_tokens(i), bool(m))
-                   for (s, e), i, m in zip(enc.offsets, enc.input_ids, enc.loss_mask, strict=True)][:EXAMPLE_TOKENS]
-    return TokenReport(
-        tokenizer=name, vocab_size=len(tokenizer), context_length=settings.context_length, format=data_format,
-        rows=len(lengths), train_tokens=total_train, validation_tokens=int(kept[len(train):].sum()),
-        token_lengths=lengths.tolist(), over_context=over, over_context_action=action,
-        packing=tk.packing_efficiency(lengths, settings.context_length), chars_per_token=chars / max(total_train, 1),
-        trained_token_share=trained / max(total_train, 1), response_only=settings.response_only_loss,
-        template_note=note, example=example, seconds=seconds)
