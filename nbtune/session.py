@@ -53,6 +53,7 @@ from nbtune.store import (
     live_sessions,
     read_dataset,
 )
+from nbtune.ui.outputs import show_reports_in_notebook
 from nbtune.viz.data_reports import (
     CleanReport,
     LoadReport,
@@ -188,6 +189,7 @@ class Session:
             self._grant(trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
             return
         self._blank(_resolve(workdir), autosave=autosave and not read_only, read_only=read_only)
+        show_reports_in_notebook()  # in a kernel: reports show offline in every frontend (nbtune.ui.outputs)
         self._grant(trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
         if not read_only:
             self._holding = hold(self.workdir, self)
@@ -718,7 +720,7 @@ class Session:
 
     def _live_chart(self, record: dict[str, Any]) -> Any:
         """The notebook's live chart for this run (None outside notebooks), already on screen."""
-        from nbtune.viz.live import notebook_listener
+        from nbtune.ui.live import notebook_listener
 
         live = notebook_listener()
         if live is None:
@@ -734,7 +736,8 @@ class Session:
         from nbtune.train import trackers
         from nbtune.train.factory import make_bus, session_engine
         from nbtune.train.listeners import ConsoleProgress
-        from nbtune.train.run import Run, default_background
+        from nbtune.train.run import Run
+        from nbtune.ui.frontend import default_background
 
         background = settings.background if settings.background is not None else default_background()
         run_dir = self.workdir / record["dir"]
@@ -1221,6 +1224,7 @@ class Session:
     @_stage(changes=False, while_training="allow")
     def report(self, path: str | Path | None = None, *, title: str | None = None) -> Path:
         """Write every stage's latest report into one self-contained HTML file; return its path."""
+        from nbtune.data.clean import redact_raw
         from nbtune.viz.report import write_html_report, written_by_nbtune
 
         target = Path(path).expanduser() if path is not None else self.workdir / "report.html"
@@ -1239,7 +1243,7 @@ class Session:
         sections = [(heading, reports[key]) for key, heading in order if key in reports]
         if not sections:
             raise StageOrderError("nothing to report yet: load some data first (s.load(...) or s.load_example())")
-        return write_html_report(target, title or f"nbtune report · {self.workdir.name}", sections)
+        return write_html_report(target, title or f"nbtune report · {self.workdir.name}", sections, redact=redact_raw)
 
 
 def _writer(name: str, value: Any) -> Callable[[Path], None]:

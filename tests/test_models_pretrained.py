@@ -16,7 +16,7 @@ from nbtune.config import PretrainedModelConfig
 from nbtune.data.tokens import train_bpe_tokenizer
 from nbtune.device import DeviceInfo, pick_device
 from nbtune.errors import ConfigError
-from nbtune.models.base import rebuild
+from nbtune.models.rebuild import rebuild
 from nbtune.models.pretrained import bnb_usable, plan_pretrained, use_model
 
 CPU = pick_device("cpu")

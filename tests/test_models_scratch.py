@@ -13,8 +13,9 @@ from nbtune.config import ScratchModelConfig
 from nbtune.data.tokens import train_bpe_tokenizer
 from nbtune.device import DeviceInfo, pick_device
 from nbtune.errors import ConfigError
-from nbtune.models.base import LoadedModel, rebuild
+from nbtune.models.base import LoadedModel
 from nbtune.models.card import estimate_card, human_bytes
+from nbtune.models.rebuild import rebuild
 from nbtune.models.scratch import (
     PRESETS,
     new_model,

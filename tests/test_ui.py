@@ -286,7 +286,8 @@ def test_core_never_imports_widgets(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys, nbtune; s = nbtune.Session('x', autosave=False); import nbtune.session, nbtune.viz.live;"
+    code = ("import sys, nbtune; s = nbtune.Session('x', autosave=False); import nbtune.ui.live;"
+            "from nbtune.ui.live import notebook_listener; assert notebook_listener() is None;"
             "print('ipywidgets' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path).stdout
     assert out.strip() == "False"

@@ -14,8 +14,9 @@ that rebuild it, and three operations the engine needs for checkpoints:
   into this same object, for an exact resume.
 * `release()`: drop the model and give the memory back.
 
-`rebuild(settings, ...)` makes the same model again in a fresh process from
-`LoadedModel.settings` (which is plain JSON).
+`nbtune.models.rebuild.rebuild(settings, ...)` makes the same model again in a
+fresh process from `LoadedModel.settings` (which is plain JSON); it lives above
+scratch.py and pretrained.py, which build on this module.
 """
 
 from __future__ import annotations
@@ -202,31 +203,3 @@ def _load_full(model: Any, folder: Path) -> None:
                                   f"{tuple(target.shape)} in the model", path=folder,
                                   fix="resume with the same model settings the checkpoint was saved with")
             target.copy_(value.to(dtype=target.dtype))
-
-
-def rebuild(settings: dict, *, device: DeviceInfo, tokenizer: Any = None) -> LoadedModel:
-    """Make the model described by `LoadedModel.settings` again (e.g. to resume in a fresh process).
-
-    Scratch models need the session's `tokenizer`; pretrained ones bring their own.
-    """
-    kind = settings.get("kind")
-    if kind == "scratch":
-        from nbtune.config import ScratchModelConfig
-        from nbtune.models.scratch import new_model
-
-        if tokenizer is None:
-            raise ConfigError("a scratch model needs the session's tokenizer to be rebuilt", column="tokenizer",
-                              fix="pass tokenizer=... (the one the model was trained with)")
-        return new_model(ScratchModelConfig.from_dict(settings["config"]), tokenizer=tokenizer,
-                         context_length=settings["context_length"], device=device,
-                         batch_size=settings.get("batch_size", 8), seq_len=settings.get("seq_len"),
-                         gradient_checkpointing=settings.get("gradient_checkpointing", False))
-    if kind == "pretrained":
-        from nbtune.config import PretrainedModelConfig
-        from nbtune.models.pretrained import use_model
-
-        return use_model(PretrainedModelConfig.from_dict(settings["config"]), device=device,
-                         batch_size=settings.get("batch_size", 8), seq_len=settings.get("seq_len", 512),
-                         gradient_checkpointing=settings.get("gradient_checkpointing", False),
-                         seed=settings.get("seed", 0))
-    raise ConfigError(f"unknown model settings kind {kind!r}", fix="pass LoadedModel.settings unchanged")

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nbtune.device import DeviceInfo
-from nbtune.viz.html import bullet_list, esc, table
+from nbtune.viz.html import bullet_list, esc, human_bytes, table
 from nbtune.viz.report import Report
 
 LORA_METHODS = ("lora", "qlora", "lora-8bit")
@@ -36,18 +36,6 @@ USABLE_FRACTION = 0.85
 GPU_RESERVE = 512 * 2**20
 # Bytes per stored weight by storage type; NF4 adds ~1 byte of scales per 64 weights (double-quantised: less).
 WEIGHT_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "nf4": 0.5 + 1 / 64}
-
-
-def human_bytes(n: float | None) -> str:
-    """1536 -> '1.5 KiB' (binary units, as memory is sold and reported by drivers)."""
-    if n is None:
-        return "unknown"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"  # pragma: no cover
 
 
 def human_count(n: float) -> str:

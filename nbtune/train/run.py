@@ -15,8 +15,6 @@ same run at the same time.
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -41,27 +39,6 @@ def run_lock_holder(run_dir: Path) -> dict[str, Any] | None:
         return None
     lock.release()
     return holder
-
-
-def in_jupyter_kernel() -> bool:
-    """True inside an IPython kernel (JupyterLab, Notebook, Colab, VS Code)."""
-    shell = sys.modules.get("IPython") and getattr(sys.modules["IPython"], "get_ipython", lambda: None)()
-    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
-
-
-def frontend() -> str:
-    """'colab', 'vscode', 'jupyter' or 'script': where widgets can (not) update from a thread."""
-    if "google.colab" in sys.modules:
-        return "colab"
-    if not in_jupyter_kernel():
-        return "script"
-    if "VSCODE_PID" in os.environ or "VSCODE_CWD" in os.environ:
-        return "vscode"
-    return "jupyter"
-
-
-def default_background() -> bool:
-    return frontend() == "jupyter"
 
 
 class Run:
@@ -230,7 +207,9 @@ class Run:
                          setup=self.engine.setup_report if self.engine else {})
 
     def _ipython_display_(self) -> None:
-        self.report()._ipython_display_()
+        from IPython.display import display
+
+        display(self.report())
 
     def __repr__(self) -> str:
         step = self.engine.step if self.engine is not None else 0

@@ -23,33 +23,9 @@ from typing import Any
 import ipywidgets as widgets
 
 from nbtune.errors import ConfigError, NbtuneError
-from nbtune.train.run import default_background, frontend
-from nbtune.ui.live import html_bundle, report_bundles
+from nbtune.ui.frontend import default_background, frontend
+from nbtune.ui.outputs import html_charts, send_plotlyjs
 from nbtune.viz.html import STYLE, esc, key_values
-
-
-class ReportView:
-    """An Output widget that shows one report (HTML, then its charts); safe to update from threads."""
-
-    def __init__(self, css_class: str, empty: str = "") -> None:
-        self.widget = widgets.Output()
-        self.widget.add_class(css_class)
-        self.report: Any = None
-        self.empty = empty
-        self.clear()
-
-    def show(self, report: Any) -> None:
-        """Show `report`, or the empty message for None; the report already on screen is not rendered again."""
-        if report is None:
-            self.clear()
-        elif report is not self.report:
-            self.report = report
-            self.widget.outputs = report_bundles(report)
-
-    def clear(self) -> None:
-        self.report = None
-        message = f'{STYLE}<div class="nbt muted">{esc(self.empty)}</div>' if self.empty else ""
-        self.widget.outputs = (html_bundle(message, self.empty),) if message else ()
 
 
 class ErrorPanel:
@@ -171,24 +147,6 @@ class Jobs:
         self.status.value = f'<span style="font-family:system-ui;font-size:13px">{esc(text)}</span>'
 
 
-class Debouncer:
-    """Call `action` once changes stop for `delay` seconds (at once when not in the background)."""
-
-    def __init__(self, action: Callable[[], None], delay: float, background: bool) -> None:
-        self.action, self.delay, self.background = action, delay, background
-        self._timer: threading.Timer | None = None
-
-    def __call__(self) -> None:
-        if not self.background or self.delay <= 0:
-            self.action()
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = threading.Timer(self.delay, self.action)
-        self._timer.daemon = True
-        self._timer.start()
-
-
 def _stage_in_a_cell(session: Any) -> str | None:
     """The stage another thread (a code cell) is running on the Session, if any (not the run's own bookkeeping)."""
     holder = session._stage_lock.holder
@@ -274,6 +232,8 @@ class App:
     def _ipython_display_(self) -> None:
         from IPython.display import display
 
+        if html_charts():
+            send_plotlyjs()  # the charts the tabs show are HTML drawn by it (Colab, VS Code)
         display(self.widget)
 
     def __repr__(self) -> str:

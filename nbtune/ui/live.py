@@ -1,65 +1,162 @@
-"""Live training charts as widgets, and the output bundles the app shows reports with.
+"""Live training charts in a notebook: listeners on the run's event bus, one per kind of frontend.
 
-`WidgetLiveChart` (JupyterLab, Notebook 7): a plotly FigureWidget and a progress
-line, updated in place from the training thread. ipywidgets sends the changes
-over the kernel's comm channel, which works from any thread; plain display
-updates do not (after the cell has finished, JupyterLab drops display updates
-sent from a thread).
+* JupyterLab / Notebook 7: `WidgetLiveChart`, a plotly FigureWidget (needs
+  `anywidget`) and a progress line, updated in place from the training thread.
+  ipywidgets sends the changes over the kernel's comm channel, which works from
+  any thread; plain display updates do not (after the cell has finished,
+  JupyterLab drops display updates sent from a thread, and a plotly figure
+  shown with a display_id does not redraw there).
+* Colab and VS Code: the run is in the foreground and `HtmlLiveChart` replaces
+  an HTML output through a display handle; FigureWidget is reported broken in
+  both. plotly.js is sent once (`nbtune.ui.outputs.send_plotlyjs`), each
+  update carries only the figure.
+* The app elsewhere (e.g. JupyterLab without anywidget): `OutputLiveChart`, an
+  Output widget whose content is replaced by a fresh rendering at each redraw.
 
-`OutputLiveChart` (everywhere else, e.g. Colab with ipywidgets 7, where
-FigureWidget is reported broken): an Output widget whose content is replaced
-by a fresh plotly rendering at each redraw.
+All are throttled. The HTML version's last drawing stays in the cell and is
+saved with the notebook; widget state is not saved by default, so the
+notebooks show `run.report()` after a run (or turn on JupyterLab's "Save
+Widget State Automatically").
 
-Widget state is not saved with the notebook by default, so to keep the final
-charts in the saved file, show `run.report()` in a cell (the notebooks do), or
-turn on JupyterLab's "Save Widget State Automatically".
+ipywidgets is imported only when a widget chart is built, so a script, Colab
+or VS Code never loads it for a chart.
 """
 
 from __future__ import annotations
 
-import json
+import threading
+import time
+import uuid
 from typing import Any
 
-import ipywidgets as widgets
-
 from nbtune.events import Event
-from nbtune.viz.html import STYLE, esc
-from nbtune.viz.live import LiveChart
+from nbtune.ui.frontend import frontend
+from nbtune.ui.outputs import figure_bundle, send_plotlyjs
+from nbtune.viz import charts
+from nbtune.viz.html import esc
+from nbtune.viz.plotly_html import figure_html
 
 
-def figure_bundle(figure: Any) -> dict[str, Any]:
-    """A display_data output for a plotly figure, built without plotly's renderer machinery.
+def _eta(done: int, total: int, elapsed: float) -> str:
+    if done <= 0 or total <= done:
+        return "–"
+    seconds = elapsed / done * (total - done)
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s" if seconds >= 60 else f"{seconds:.0f}s"
 
-    plotly's notebook renderer injects plotly.js into whichever cell is running
-    the first time it is used, which from a callback or a thread is the wrong
-    cell. JupyterLab renders the plotly mime type itself; other frontends get
-    HTML that loads plotly.js from its CDN.
+
+class LiveChart:
+    """Collects step and eval records and says when it is time to redraw."""
+
+    def __init__(self, min_interval: float = 0.5) -> None:
+        self.steps: list[dict] = []
+        self.evals: list[dict] = []
+        self.total_steps: int | None = None
+        self.status = "starting"
+        self.min_interval = min_interval
+        self._last_draw = 0.0
+        self._lock = threading.Lock()
+
+    def reset(self, steps: list[dict] | None = None, evals: list[dict] | None = None,
+              total_steps: int | None = None, status: str = "starting") -> None:
+        """Start over for another run, optionally from records it already has (an app reopened mid-run)."""
+        with self._lock:
+            self.steps, self.evals = list(steps or []), list(evals or [])
+            self.total_steps, self.status = total_steps, status
+        self.draw()
+
+    def __call__(self, event: Event) -> None:
+        with self._lock:
+            force = self._record(event)
+            now = time.monotonic()
+            if not force and now - self._last_draw < self.min_interval:
+                return
+            self._last_draw = now
+        if event.kind == "run_end":
+            self.finish(event)
+        else:
+            self.draw()
+
+    def _record(self, event: Event) -> bool:
+        """Store the event; True when it must be drawn at once (start, eval, end, error)."""
+        record = event.to_dict()  # step, then the kind's fields (what metrics.jsonl holds)
+        if event.kind == "run_start":
+            self.total_steps = record["plan"]["total_steps"]
+            self.status = "running"
+            return True
+        if event.kind == "step":
+            self.steps = [r for r in self.steps if r["step"] < event.step] + [record]
+            return False
+        if event.kind == "eval":
+            self.evals = [r for r in self.evals if r["step"] < event.step] + [record]
+            return True
+        if event.kind == "run_end":
+            self.status = record["status"]
+            return True
+        return event.kind == "error"
+
+    def progress_text(self) -> str:
+        last = self.steps[-1] if self.steps else {}
+        done, total = last.get("step", 0), self.total_steps or 0
+        parts = [f"{self.status}", f"step {done:,}/{total:,}"]
+        if last:
+            parts += [f"loss {last['loss']:.4f}", f"{last['tokens_per_s']:,.0f} tokens/s"]
+            if self.status == "running":
+                parts.append(f"ETA {_eta(done, total, last.get('elapsed', 0.0))}")
+        if self.evals:
+            parts.append(f"validation loss {self.evals[-1]['eval_loss']:.4f}")
+        return " · ".join(parts)
+
+    def figure(self) -> Any:
+        return charts.live_training_figure(self.steps, self.evals)
+
+    def show(self) -> None:
+        """Put the (empty) chart in the notebook; called in the cell that starts the run (main thread)."""
+        self.draw()
+
+    def draw(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def finish(self, event: Event) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class HtmlLiveChart(LiveChart):
+    """Replace an HTML output through a display handle (Colab, VS Code, anything without widgets).
+
+    The first drawing sends plotly.js (unless the kernel, or in Colab the cell,
+    has it); every update is the progress line and the figure only.
     """
-    from nbtune.train.run import frontend
 
-    title = figure.layout.title.text or "chart"
-    data: dict[str, Any] = {"text/plain": f"<plotly figure: {title}>"}
-    if frontend() in ("jupyter", "script"):
-        data["application/vnd.plotly.v1+json"] = {**json.loads(figure.to_json()), "config": {}}
-    else:
-        data["text/html"] = figure.to_html(full_html=False, include_plotlyjs="cdn")
-    return {"output_type": "display_data", "data": data, "metadata": {}}
+    def __init__(self, min_interval: float = 2.0) -> None:
+        super().__init__(min_interval)
+        self._handle: Any = None
+        self._key = f"nbtune-live-{uuid.uuid4().hex}"  # one chart, redrawn: each drawing purges the last
 
+    def _html(self) -> dict[str, str]:
+        bar = f'<div class="nbt nbtune-live-progress" style="font-family:system-ui;font-size:13px">' \
+              f'{esc(self.progress_text())}</div>'
+        html = f'<div class="nbtune-live-chart">{bar}{figure_html(self.figure(), key=self._key)}</div>'
+        return {"text/html": html, "text/plain": self.progress_text()}
 
-def html_bundle(html: str, text: str = "") -> dict[str, Any]:
-    return {"output_type": "display_data", "data": {"text/html": html, "text/plain": text}, "metadata": {}}
+    def draw(self) -> None:
+        from IPython.display import display
 
+        if self._handle is None:
+            send_plotlyjs()
+            self._handle = display(self._html(), raw=True, display_id=True)
+        else:
+            self._handle.update(self._html(), raw=True)
 
-def report_bundles(report: Any) -> tuple[dict[str, Any], ...]:
-    """A report as Output-widget outputs: its HTML part, then one output per chart."""
-    html = STYLE + report._html_without_figures()
-    return (html_bundle(html, repr(report)), *(figure_bundle(fig) for fig in report.figures()))
+    def finish(self, event: Event) -> None:
+        self.draw()  # the last drawing holds the whole run; it stays in the notebook file
 
 
 class _WidgetChart(LiveChart):
     """A progress line over a chart widget, in one box the app embeds (`.widget`) or a cell shows (`show()`)."""
 
     def __init__(self, min_interval: float, chart: Any) -> None:
+        import ipywidgets as widgets
+
         super().__init__(min_interval)
         self._label = widgets.HTML(value="")
         self._label.add_class("nbtune-live-progress")
@@ -89,9 +186,7 @@ class WidgetLiveChart(_WidgetChart):
     def __init__(self, min_interval: float = 0.5) -> None:
         import plotly.graph_objects as go
 
-        from nbtune.viz.charts import live_training_figure
-
-        self._figure = go.FigureWidget(live_training_figure([], []))  # empty traces, filled in place
+        self._figure = go.FigureWidget(charts.live_training_figure([], []))  # empty traces, filled in place
         super().__init__(min_interval, self._figure)
 
     def _draw_chart(self) -> None:
@@ -112,21 +207,36 @@ class OutputLiveChart(_WidgetChart):
     """The portable chart: an Output widget whose single output is replaced at each redraw."""
 
     def __init__(self, min_interval: float = 2.0) -> None:
+        import ipywidgets as widgets
+
         self._output = widgets.Output()
+        self._key = f"nbtune-live-{uuid.uuid4().hex}"
         super().__init__(min_interval, self._output)
 
     def _draw_chart(self) -> None:
-        self._output.outputs = (figure_bundle(self.figure()),)
+        self._output.outputs = (figure_bundle(self.figure(), key=self._key),)
+
+
+def _has_anywidget() -> bool:
+    try:
+        import anywidget  # noqa: F401  (plotly's FigureWidget is built on it)
+    except ImportError:
+        return False
+    return True
 
 
 def embedded_live_chart() -> LiveChart:
     """The live chart the app embeds: FigureWidget in JupyterLab (with anywidget), Output elsewhere."""
-    from nbtune.train.run import frontend
-
-    if frontend() == "jupyter":
-        try:
-            import anywidget  # noqa: F401  (plotly's FigureWidget is built on it)
-        except ImportError:
-            return OutputLiveChart()
+    if frontend() == "jupyter" and _has_anywidget():
         return WidgetLiveChart()
     return OutputLiveChart()
+
+
+def notebook_listener() -> LiveChart | None:
+    """The live chart a cell shows in this frontend (`Session.train`), or None outside a notebook."""
+    where = frontend()
+    if where == "script":
+        return None
+    if where == "jupyter":
+        return embedded_live_chart()
+    return HtmlLiveChart()

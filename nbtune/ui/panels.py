@@ -25,8 +25,8 @@ from nbtune.config import (
 )
 from nbtune.data import clean
 from nbtune.data.load import safe_file_name
-from nbtune.ui.app import Debouncer, ReportView
 from nbtune.ui.forms import ConfigForm, with_tooltip
+from nbtune.ui.parts import Debouncer, ReportView
 from nbtune.viz.html import STYLE, esc
 
 UPLOAD_TYPES = ".txt,.md,.csv,.tsv,.jsonl,.json,.parquet"

@@ -14,8 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nbtune.models.card import human_bytes
-from nbtune.viz.html import bullet_list, esc, plot_label, table
+from nbtune.viz.html import bullet_list, esc, human_bytes, plot_label, table
 from nbtune.viz.report import Report
 
 PALETTE = ("#3a6fd8", "#e8833a", "#2da44e", "#cf222e", "#8250df", "#bf8700", "#1b7c83", "#8c959f")

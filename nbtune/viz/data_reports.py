@@ -6,6 +6,8 @@ cheap to keep, to render again and to show in the widget app.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +99,10 @@ class LoadReport(Report):
                                 for p in self.problems], numeric=[1]))
         return "".join(parts)
 
+    def redacted(self, redact: Callable[[str], str]) -> LoadReport:
+        """The sample rows (shown as loaded, before cleaning) through `redact`."""
+        return dataclasses.replace(self, sample=[(row, redact(text)) for row, text in self.sample])
+
     def figures(self) -> list[Any]:
         return [charts.length_histogram(self.char_lengths, unit="chars", title="Row length (characters)"),
                 charts.length_histogram(self.word_lengths, unit="words", title="Row length (words)")]
@@ -179,6 +185,10 @@ class CleanReport(Report):
                              f'<td class="cell">{diff_html(shorten(before, 600), shorten(after, 600))}</td></tr>')
             parts.append("</tbody></table>")
         return "".join(parts)
+
+    @property
+    def masks_personal_data(self) -> bool:  # type: ignore[override]
+        return any(step.name == "mask_pii" for step in self.steps)
 
     def figures(self) -> list[Any]:
         return [charts.before_after_histogram(self.lengths_before, self.lengths_after)]

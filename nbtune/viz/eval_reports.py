@@ -3,22 +3,56 @@
 They hold plain numbers and strings (results and texts, no model, no
 tokenizer), so they are cheap to keep and to render again. Every piece of
 user or model text is escaped.
+
+What they read is spelled out as two Protocols, `ScoredRows` and `Generated`
+(`nbtune.eval.metrics.EvalResult` and `nbtune.eval.generate.Generation` have
+those fields), so this package never imports the evaluation code it draws.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from nbtune.eval.generate import Generation
-from nbtune.eval.metrics import EvalResult
 from nbtune.viz import eval_charts
 from nbtune.viz.html import esc, shorten, table
 from nbtune.viz.report import Report
 
 BPB_WHY = ("bits per UTF-8 byte of the scored text: it does not depend on the tokenizer, so it compares models "
            "with different tokenizers on the same rows (loss and perplexity are per token, and tokens differ)")
+
+
+class RowScore(Protocol):
+    """One row's score, as `EvalReport` reads it."""
+
+    loss: float
+    bits_per_byte: float | None
+
+
+class ScoredRows(Protocol):
+    """Scores over a set of rows, as `EvalReport` reads them (`nbtune.eval.metrics.EvalResult`)."""
+
+    loss: float
+    perplexity: float
+    bits_per_byte: float | None
+    tokens: int
+    bytes: int
+    rows: int
+    seconds: float
+    examples: Sequence[RowScore]
+
+
+class Generated(Protocol):
+    """One generated text, as `GenerationReport` reads it (`nbtune.eval.generate.Generation`)."""
+
+    model: str
+    prompt: str
+    mode: str
+    text: str
+    new_tokens: int
+    finished: bool
 
 
 def _num(value: float | None, digits: int = 4) -> str:
@@ -42,10 +76,10 @@ class EvalReport(Report):
     """Loss, perplexity and bits per byte of one model on a split (optionally next to other models)."""
 
     split: str
-    result: EvalResult
+    result: ScoredRows
     model: str = "model"
     worst: list[tuple[int, float, str]] = field(default_factory=list)  # (row_id, score, text)
-    others: list[tuple[str, EvalResult]] = field(default_factory=list)  # e.g. [("base", base_result)]
+    others: list[tuple[str, ScoredRows]] = field(default_factory=list)  # e.g. [("base", base_result)]
     seq_len: int | None = None  # rows longer than this were scored in windows
 
     @property
@@ -56,7 +90,7 @@ class EvalReport(Report):
     def _uses_bpb(self) -> bool:
         return all(r.bits_per_byte is not None for _, r in self._all())
 
-    def _all(self) -> list[tuple[str, EvalResult]]:
+    def _all(self) -> list[tuple[str, ScoredRows]]:
         return [(self.model, self.result), *self.others]
 
     def summary(self) -> list[tuple[str, Any]]:
@@ -128,7 +162,7 @@ class EvalReport(Report):
 class GenerationReport(Report):
     """Generated text: one row per prompt and mode, one column per model."""
 
-    generations: list[Generation]
+    generations: list[Generated]
     chat: bool = False
     max_new_tokens: int | None = None
     temperature: float | None = None
@@ -162,7 +196,7 @@ class GenerationReport(Report):
             pairs.append(("time", f"{self.seconds:.1f} s"))
         return pairs
 
-    def _cell(self, g: Generation | None) -> str:
+    def _cell(self, g: Generated | None) -> str:
         if g is None:
             return '<td class="cell muted">–</td>'
         text = esc(g.text) if g.text else '<span class="muted">(nothing)</span>'

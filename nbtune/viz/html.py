@@ -116,6 +116,13 @@ def diff_html(before: str, after: str) -> str:
     return "".join(out)
 
 
-def figure_html(fig: Any, *, full_html: bool = False, include_plotlyjs: Any = False) -> str:
-    """Render a plotly figure to an HTML fragment (plotly.js loaded by the page)."""
-    return fig.to_html(full_html=full_html, include_plotlyjs=include_plotlyjs)
+def human_bytes(n: float | None) -> str:
+    """1536 -> '1.5 KiB' (binary units, as memory is sold and reported by drivers)."""
+    if n is None:
+        return "unknown"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"  # pragma: no cover

@@ -2,22 +2,24 @@
 
 Every Session stage returns a `Report`: `repr()` gives a short plain-text
 summary for scripts and logs, `_repr_html_()` gives the full HTML (used by the
-HTML report file and the widget app), and in a notebook `_ipython_display_`
-shows the HTML part followed by interactive plotly charts through plotly's own
-renderer (which works in JupyterLab, Colab and VS Code alike).
+HTML report file), and `_html_without_figures()` + `figures()` are the two
+parts a notebook shows (`nbtune.ui.outputs` displays them for the frontend it
+is in; this package imports neither IPython nor anything above it).
+
+The HTML file carries plotly.js once, in its head, and works with no network.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from nbtune.storage import atomic_write_text
-from nbtune.viz.html import STYLE, esc, figure_html, key_values
+from nbtune.viz.html import STYLE, esc, key_values
+from nbtune.viz.plotly_html import figure_html, plotlyjs_html
 
 
 class Report:
@@ -49,35 +51,26 @@ class Report:
         charts = "".join(figure_html(fig) for fig in self.figures())
         return STYLE + self._html_without_figures() + charts
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import HTML, display
+    #: True for a report that says cleaning masks personal data (then the HTML file masks loaded rows too).
+    masks_personal_data = False
 
-        display(HTML(STYLE + self._html_without_figures()))
-        for fig in self.figures():
-            display(fig)
-
-
-def _plotly_js() -> str:
-    from plotly.offline import get_plotlyjs
-
-    return get_plotlyjs()
+    def redacted(self, redact: Callable[[str], str]) -> Report:
+        """This report with every row of user text it shows as loaded passed through `redact` (most show none)."""
+        return self
 
 
-def _masked(reports: list[tuple[str, Report]]) -> list[tuple[str, Report]]:
-    """With mask_pii in the cleaning recipe, the loaded-data sample in the file is masked too.
+def _masked(reports: list[tuple[str, Report]], redact: Callable[[str], str] | None) -> list[tuple[str, Report]]:
+    """With mask_pii in the cleaning recipe, the rows as loaded are masked in the file too.
 
     The HTML file is what gets shared; the rows as loaded must not bring back
-    what cleaning masked. (`redact_raw`: values are hidden, markup kept.)
+    what cleaning masked. `redact` hides in a row what mask_pii would mask (the
+    Session passes `nbtune.data.clean.redact_raw`: values hidden, markup kept);
+    without it those rows are left out altogether.
     """
-    from nbtune.viz.data_reports import CleanReport, LoadReport
-
-    masking = any(isinstance(r, CleanReport) and any(st.name == "mask_pii" for st in r.steps) for _, r in reports)
-    if not masking:
+    if not any(r.masks_personal_data for _, r in reports):
         return reports
-    from nbtune.data.clean import redact_raw
-
-    return [(h, dataclasses.replace(r, sample=[(i, redact_raw(t)) for i, t in r.sample])
-             if isinstance(r, LoadReport) else r) for h, r in reports]
+    hide = redact or (lambda text: "(hidden: cleaning masks personal data in this project)")
+    return [(heading, report.redacted(hide)) for heading, report in reports]
 
 
 GENERATOR_TAG = "<meta name='generator' content='nbtune'>"
@@ -92,10 +85,12 @@ def written_by_nbtune(path: Path) -> bool:
         return False
 
 
-def write_html_report(path: str | os.PathLike, title: str, reports: Iterable[tuple[str, Report]]) -> Path:
-    """Write one self-contained HTML file (plotly.js embedded, works offline); return its path.
+def write_html_report(path: str | os.PathLike, title: str, reports: Iterable[tuple[str, Report]], *,
+                      redact: Callable[[str], str] | None = None) -> Path:
+    """Write one self-contained HTML file (plotly.js embedded once, works offline); return its path.
 
-    `reports` are (section heading, report) pairs. The file is written to a
+    `reports` are (section heading, report) pairs; `redact` masks loaded rows
+    when the cleaning recipe masks personal data (see `_masked`). The file is written to a
     temporary name and renamed, so a crash never leaves half a report behind.
     """
     target = Path(path).expanduser().resolve()
@@ -104,14 +99,14 @@ def write_html_report(path: str | os.PathLike, title: str, reports: Iterable[tup
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'>{GENERATOR_TAG}",
         f"<title>{esc(title)}</title>",
-        f"<script type='text/javascript'>{_plotly_js()}</script>",
+        plotlyjs_html(),
         STYLE,
         "<style>body{margin:24px auto;max-width:1150px} h2{font-family:system-ui;border-bottom:1px solid #d0d7de;"
         "padding-bottom:4px;margin-top:32px}</style></head><body>",
         f"<h1 style='font-family:system-ui'>{esc(title)}</h1>",
         f"<p class='nbt muted'>Written by nbtune on {esc(stamp)}.</p>",
     ]
-    for heading, report in _masked(list(reports)):
+    for heading, report in _masked(list(reports), redact):
         parts.append(f"<h2>{esc(heading)}</h2>")
         parts.append(report._html_without_figures())
         parts.extend(figure_html(fig) for fig in report.figures())
