@@ -53,7 +53,7 @@ def tokenized_app(tmp_path, **options):
 def test_app_has_the_pipeline_tabs(tmp_path):
     app = nbtune.Session(tmp_path / "s").ui()
     assert [app.tabs.get_title(i) for i in range(len(app.panels))] == [
-        "Data", "Clean", "Tokens", "Model", "Train", "Evaluate", "Compare", "Lab"]
+        "Data", "Clean", "Tokens", "Model", "Train", "Evaluate", "Compare", "Lab", "Playground"]
     assert isinstance(nbtune.App(app.session), nbtune.App)
 
 

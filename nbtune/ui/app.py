@@ -163,10 +163,10 @@ def _frontend_notice(background: bool) -> str:
 
 
 class App:
-    """Tabs over a Session: Data, Clean, Tokens, Model, Train, Evaluate, Compare, Lab."""
+    """Tabs over a Session: Data, Clean, Tokens, Model, Train, Evaluate, Compare, Lab, Playground."""
 
     def __init__(self, session: Any, *, background: bool | None = None, debounce: float = 0.4) -> None:
-        from nbtune.ui import panels
+        from nbtune.ui import panels, playground
 
         self.session = session
         self.background = default_background() if background is None else background
@@ -176,7 +176,7 @@ class App:
         self.debounce = debounce
         self.header = widgets.HTML("")
         self.header.add_class("nbtune-header")
-        self.panels = [panel(self) for panel in panels.PANELS]
+        self.panels = [panel(self) for panel in (*panels.PANELS, playground.PlaygroundPanel)]
         self.tabs = widgets.Tab(children=[p.widget for p in self.panels])
         for index, panel in enumerate(self.panels):
             self.tabs.set_title(index, panel.title)
