@@ -40,6 +40,7 @@ from nbtune import runs
 from nbtune.config import CleanConfig, SplitConfig, TokenizerConfig
 from nbtune.data import column
 from nbtune.data import reports as data_reports
+from nbtune.data.mapped import pages_released
 from nbtune.data.split import split_rows
 from nbtune.errors import ConfigError, DataError, StageOrderError
 from nbtune.storage import atomic_write_json
@@ -153,7 +154,7 @@ def _stage(*, changes: bool = True, while_training: str = "refuse") -> Callable:
 
         @functools.wraps(method)
         def stage(self: Session, *args: Any, **kwargs: Any) -> Any:
-            with self._stage_lock.held(name):
+            with self._stage_lock.held(name), pages_released():  # mapped Arrow pages do not pile up in RSS
                 self._check_usable(name, changes=changes)
                 if while_training != "allow":
                     self._refuse_while_training(name, paused_ok=while_training == "running")
