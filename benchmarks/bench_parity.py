@@ -50,10 +50,10 @@ def fingerprint(workdir: Path) -> dict:
     s.new_model(preset="tiny")
     run = s.train(steps=12, learning_rate=1e-3, batch_size=4, eval_every=6, checkpoint_every=6, progress=False)
     run.wait()
-    s.resume(run.run_id, steps=6)
+    s.resume(run.id, steps=6)
     s.run.wait()
-    out["run_id"] = run.run_id
-    out["losses"] = _losses(s.workdir / "runs" / run.run_id)
+    out["run_id"] = run.id
+    out["losses"] = _losses(s.workdir / "runs" / run.id)
     ev = s.evaluate(max_rows=20)
     out["eval_bpb"] = ev.result.bits_per_byte
     gen = s.generate(["In the beginning"], max_new_tokens=12)
