@@ -865,6 +865,7 @@ class Session:
         `stop` (a threading.Event) ends the answers between two tokens. Refused while a run trains.
         """
         from nbtune.eval.chat import Sampling, named_sessions, run_chat, session_models
+        from nbtune.ui.chat_stream import shown
 
         lm = self._idle_model("chat")
         models = session_models(lm, lm.tokenizer or self._tokenizer, "this session", chat=self.format != "text",
@@ -873,8 +874,10 @@ class Session:
             olm = other._idle_model("chat")
             models += session_models(olm, olm.tokenizer or other.tokenizer, name, chat=other.format != "text",
                                      base=False)
-        return run_chat(models, prompt, history=history, stream=stream, stop=stop,
-                        sampling=Sampling(max_new_tokens, temperature, top_p, seed))
+        sampling = Sampling(max_new_tokens, temperature, top_p, seed)
+        with shown(stream, [m.label for m in models]) as (on_delta, interleave):
+            return run_chat(models, prompt, history=history, sampling=sampling, on_delta=on_delta, stop=stop,
+                            interleave=interleave)
 
     # ---------------------------------------------------------- compare, export
     @_stage(changes=False, while_training="allow")

@@ -22,7 +22,8 @@ from nbtune.eval.chat import (
     stream_chat,
 )
 from nbtune.eval.generate import base_model_context, generate_texts
-from nbtune.viz.chat_report import ChatReport, TerminalStream, columns_html
+from nbtune.ui.chat_stream import TerminalStream
+from nbtune.viz.chat_report import ChatReport, columns_html
 
 CPU = DeviceInfo("cpu", "CPU", "fp32", None, None)
 
@@ -148,7 +149,7 @@ def test_the_chat_template_is_used_with_every_earlier_turn_and_ends_at_end_of_tu
     model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["input_ids"][0].tolist()),
                                     with_kwargs=True)
     columns = [ChatModel("m", model, tokenizer, True, CPU)]
-    first = run_chat(columns, "how are you?", stream=False)
+    first = run_chat(columns, "how are you?")
     [answer] = first.answers
     assert answer.rendered == "<|im_start|>user\nhow are you?<|im_end|>\n<|im_start|>assistant\n"
     assert seen[0] == tokenizer(answer.rendered, add_special_tokens=False)["input_ids"]  # what the model saw
@@ -156,7 +157,7 @@ def test_the_chat_template_is_used_with_every_earlier_turn_and_ends_at_end_of_tu
     assert first.history == {"m": [{"role": "user", "content": "how are you?"},
                                    {"role": "assistant", "content": "hello there"}]}
     plan.update(call=0, tokens=[the])
-    second = run_chat(columns, "and then?", history=first, stream=False, sampling=Sampling(max_new_tokens=2))
+    second = run_chat(columns, "and then?", history=first, sampling=Sampling(max_new_tokens=2))
     assert second.answers[0].rendered == ("<|im_start|>user\nhow are you?<|im_end|>\n<|im_start|>assistant\n"
                                           "hello there<|im_end|>\n<|im_start|>user\nand then?<|im_end|>\n"
                                           "<|im_start|>assistant\n")
@@ -166,8 +167,8 @@ def test_the_chat_template_is_used_with_every_earlier_turn_and_ends_at_end_of_tu
 
 def test_raw_text_models_see_only_the_latest_prompt(tokenizer):
     columns = [ChatModel("raw", tiny_llama(tokenizer), tokenizer, False, CPU)]
-    first = run_chat(columns, "the quick", stream=False, sampling=Sampling(max_new_tokens=3))
-    second = run_chat(columns, "one two", history=first, stream=False, sampling=Sampling(max_new_tokens=3))
+    first = run_chat(columns, "the quick", sampling=Sampling(max_new_tokens=3))
+    second = run_chat(columns, "one two", history=first, sampling=Sampling(max_new_tokens=3))
     assert second.answers[0].rendered == "one two" and second.history == {}
 
 
@@ -181,7 +182,7 @@ def test_stop_ends_every_answer_between_two_tokens(tokenizer):
         if delta.label == "a" and delta.tokens == k:
             stop.set()
 
-    report = run_chat(columns, "one two", stream=on_delta, stop=stop, sampling=Sampling(max_new_tokens=100))
+    report = run_chat(columns, "one two", on_delta=on_delta, stop=stop, sampling=Sampling(max_new_tokens=100))
     a, b = report.answers
     assert a.tokens == k and b.tokens == k - 1  # b had not taken its k-th turn yet
     assert a.stopped and b.stopped and a.ending == "stopped" and report.turns[-1].stopped
@@ -194,7 +195,7 @@ def test_sampling_is_seeded_and_leaves_the_global_random_state_alone(tokenizer):
     model = tiny_llama(tokenizer)
     columns = [ChatModel("m", model, tokenizer, False, CPU)]
     before = torch.get_rng_state()
-    texts = [run_chat(columns, "the", stream=False, sampling=Sampling(24, temperature=1.5, seed=seed)).text()
+    texts = [run_chat(columns, "the", sampling=Sampling(24, temperature=1.5, seed=seed)).text()
              for seed in (3, 3, 4)]
     assert texts[0] == texts[1] and texts[0] != texts[2]
     assert torch.equal(torch.get_rng_state(), before)
@@ -209,10 +210,10 @@ def test_bad_settings_say_what_to_do(tokenizer):
         Sampling(top_p=0)
     columns = [ChatModel("m", tiny_llama(tokenizer), tokenizer, False, CPU)]
     with pytest.raises(ConfigError, match="history") as info:
-        run_chat(columns, "x", history=[{"role": "user", "content": "hi"}], stream=False)
+        run_chat(columns, "x", history=[{"role": "user", "content": "hi"}])
     assert "s.chat('and then?', history=r)" in info.value.fix
     with pytest.raises(ConfigError, match="no models"):
-        run_chat([], "x", stream=False)
+        run_chat([], "x")
 
 
 PAYLOAD = "<script>window.x=1</script><img src=x onerror=alert(1)>"

@@ -323,34 +323,22 @@ def named_sessions(others: Any) -> list[tuple[str, Any]]:
 
 
 def run_chat(models: list[ChatModel], prompt: str, *, history: Any = None, sampling: Sampling | None = None,
-             stream: bool | Callable[[ChatDelta], None] = True, stop: threading.Event | None = None) -> Any:
-    """One turn of a chat, shown as it streams; returns a `ChatReport` holding the conversation so far.
+             on_delta: Callable[[ChatDelta], None] | None = None, stop: threading.Event | None = None,
+             interleave: bool = True) -> Any:
+    """One turn of a chat, each delta handed to `on_delta`; returns a `ChatReport` of the conversation so far.
 
     `history`: the report of the previous turn (None: a new conversation).
-    `stream`: True shows the answers as they are written (side-by-side
-    columns in a notebook, one model after another in a terminal), False
-    shows nothing, a function is called with every `ChatDelta`.
     """
-    from nbtune.viz.chat_report import ChatReport, NotebookStream, TerminalStream
+    from nbtune.viz.chat_report import ChatReport
 
     if history is not None and not isinstance(history, ChatReport):
         raise ConfigError(f"history= takes the report of an earlier chat, got {type(history).__name__}",
                           column="history", fix="r = s.chat('hi'); then s.chat('and then?', history=r)")
-    display: NotebookStream | TerminalStream | None = None
-    if stream is True:
-        from nbtune.ui.frontend import in_jupyter_kernel
-
-        display = NotebookStream([m.label for m in models]) if in_jupyter_kernel() else TerminalStream()
-    show = display if display is not None else (stream if callable(stream) else None)
     turn: ChatTurn | None = None
-    try:
-        for item in stream_chat(models, prompt, history=history.history if history else None, sampling=sampling,
-                                stop=stop, interleave=not isinstance(display, TerminalStream)):
-            if isinstance(item, ChatTurn):
-                turn = item
-            elif show is not None:
-                show(item)
-    finally:
-        if display is not None:
-            display.close()
+    for item in stream_chat(models, prompt, history=history.history if history else None, sampling=sampling,
+                            stop=stop, interleave=interleave):
+        if isinstance(item, ChatTurn):
+            turn = item
+        elif on_delta is not None:
+            on_delta(item)
     return ChatReport([*(history.turns if history else []), turn])

@@ -1,27 +1,22 @@
-"""What `s.chat()` shows: the answers side by side while they stream, then a report of the conversation.
+"""What `s.chat()` returns and draws: a report of the conversation, and the side-by-side columns.
 
 * `ChatReport`: every turn of the conversation, one column per model, and per
   model the tokens, tokens per second and how the answer ended. It holds plain
   strings and numbers only; every prompt and answer is escaped.
-* `NotebookStream`: in a notebook, one display handle whose HTML columns are
-  replaced (throttled) as tokens arrive. No widgets: this works wherever
-  display handles do (JupyterLab, Notebook, Colab, VS Code).
-* `TerminalStream`: in a script, each model's answer printed as it is
-  written, one model after another.
+* `columns_html`: the answers so far, side by side, for a live display while
+  they stream (`nbtune.ui.chat_stream` shows it; viz displays nothing).
 """
 
 from __future__ import annotations
 
-import sys
-import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from nbtune.viz.html import STYLE, esc, table
 from nbtune.viz.report import Report
 
 if TYPE_CHECKING:
-    from nbtune.eval.chat import ChatAnswer, ChatDelta, ChatTurn
+    from nbtune.eval.chat import ChatAnswer, ChatTurn
 
 
 def _rate(answer: ChatAnswer) -> str:
@@ -108,49 +103,3 @@ def columns_html(labels: list[str], texts: dict[str, str], done: set[str]) -> st
     head = "".join(f"<th>{esc(label)}</th>" for label in labels)
     return (f'{STYLE}<div class="nbt"><table style="width:100%"><thead><tr>{head}</tr></thead>'
             f"<tbody><tr>{cells}</tr></tbody></table></div>")
-
-
-class NotebookStream:
-    """Side-by-side columns in one notebook display handle, replaced at most every `min_interval` seconds."""
-
-    def __init__(self, labels: list[str], min_interval: float = 0.15) -> None:
-        from IPython.display import HTML, display
-
-        self.labels, self.min_interval = labels, min_interval
-        self.texts: dict[str, str] = {}
-        self.done: set[str] = set()
-        self._html = HTML
-        self._last = 0.0
-        self.handle = display(HTML(columns_html(labels, {}, set())), display_id=True)
-
-    def __call__(self, delta: ChatDelta) -> None:
-        self.texts[delta.label] = delta.text
-        if delta.done:
-            self.done.add(delta.label)
-        now = time.monotonic()
-        if delta.done or now - self._last >= self.min_interval:
-            self._last = now
-            self.handle.update(self._html(columns_html(self.labels, self.texts, self.done)))
-
-    def close(self) -> None:
-        self.handle.update(self._html(columns_html(self.labels, self.texts, set(self.labels))))
-
-
-class TerminalStream:
-    """Plain text: a header per model, then its answer as it is written (the models answer one after another)."""
-
-    def __init__(self, out: TextIO | None = None) -> None:
-        self.out = out or sys.stdout
-        self.current: str | None = None
-
-    def __call__(self, delta: ChatDelta) -> None:
-        if delta.label != self.current:
-            self.current = delta.label
-            self.out.write(f"\n── {delta.label} ──\n")
-        self.out.write(delta.delta)
-        if delta.done:
-            self.out.write("\n")
-        self.out.flush()
-
-    def close(self) -> None:
-        self.out.flush()
