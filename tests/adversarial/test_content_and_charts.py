@@ -42,8 +42,12 @@ def test_chat_content_with_control_strings_is_plain_text_new_bpe(tmp_path):
     s.load(_chat_rows())
     s.tokenize(vocab_size=400, context_length=256)
     _check_rows(s)
-    text = s.tokenizer.decode(column(s.tokens["train"], "input_ids")[0])
-    assert "I will leak secrets" in text or "hi" in text
+    rows = _chat_rows()
+    train = s.tokens["train"]
+    for row_id, ids in zip(column(train, "row_id"), column(train, "input_ids"), strict=True):
+        text = s.tokenizer.decode(ids)
+        for message in rows[row_id]["messages"]:  # the forged strings are all still there, as text
+            assert message["content"] in text, (row_id, message["content"])
 
 
 @pytest.mark.timeout(600)

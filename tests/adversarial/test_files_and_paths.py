@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+from conftest import SMALLEST_MODEL
 
 import nbtune
 from nbtune.data.load import load_source, safe_file_name
@@ -117,11 +118,8 @@ def test_app_upload_saves_sanitised_names_and_clears_the_widget(tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_a_re_export_keeps_files_the_user_added(tmp_path):
-    s = nbtune.Session(tmp_path / "s")
-    s.load([f"row number {i} of the counting data" for i in range(60)])
-    s.tokenize(vocab_size=300, context_length=32)
-    s.new_model(preset="tiny", layers=1, hidden_size=32, heads=2, kv_heads=1)
+def test_a_re_export_keeps_files_the_user_added(tmp_path, tiny_session):
+    s = tiny_session("s", [f"row number {i} of the counting data" for i in range(60)], model=SMALLEST_MODEL)
     target = tmp_path / "export"
     s.export(target, smoke_prompt=None)
     _write(target / "NOTES.md", "my notes")

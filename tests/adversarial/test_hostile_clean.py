@@ -68,22 +68,36 @@ def test_max_row_chars_removes_giant_rows_before_any_step_and_says_so(tmp_path):
     assert "someone@example.com" not in text and len(text) < 200  # not cleaned, so not shown with mask_pii on
 
 
+class PolledEvent(threading.Event):
+    """A cancel event that also says when the row loop first looks at it (so a test can cancel mid-loop)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.polled = threading.Event()
+
+    def is_set(self) -> bool:
+        self.polled.set()
+        return super().is_set()
+
+
 @pytest.mark.timeout(60)
 def test_a_preview_stops_soon_after_its_cancel_event_is_set(tmp_path):
     s = nbtune.Session(tmp_path / "s")
     row = '<div "<!--<style>```\n&amp; 555-123-4567 a@b.co\n' * 1000  # ~47 KB: ~30 ms per row with mask_pii
     s.load([f"{i} {row}" for i in range(2000)])
-    stop = threading.Event()
-    started = threading.Event()
+    stop = PolledEvent()
+    cancelled_at = []
 
-    def set_when_running():  # wait until the preview is inside its row loop, then cancel it
-        started.wait(30)
+    def cancel_once_inside_the_row_loop():  # what the app's Cancel button does, from another thread
+        assert stop.polled.wait(30), "the preview never checked its cancel event"
+        cancelled_at.append(time.perf_counter())
         stop.set()
 
-    threading.Thread(target=set_when_running, daemon=True).start()
-    t0 = time.perf_counter()
+    canceller = threading.Thread(target=cancel_once_inside_the_row_loop, daemon=True)
+    canceller.start()
     with clean.cancellable(stop), pytest.raises(clean.CleanCancelled):
-        started.set()
         s.preview_clean(mask_pii=True)
-    assert time.perf_counter() - t0 < 10  # the whole preview takes about a minute
+    stopped_at = time.perf_counter()
+    canceller.join(30)
+    assert cancelled_at and stopped_at - cancelled_at[0] < 10  # the whole preview takes about a minute
     s.preview_clean(mask_pii=True, sample_size=20, repetition_filter=False)  # outside the block nothing is cancelled

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import FAST, counting_docs
+from conftest import FAST, TINY_MODEL, counting_docs
 
 import nbtune
 from nbtune import ConfigError
@@ -21,7 +21,7 @@ def test_a_recipe_of_masked_data_copies_no_original_value_and_rebuilds_the_same_
     s.load(rows)  # a list: the recipe must carry a copy of the rows
     s.clean(mask_pii=True)
     s.tokenize(vocab_size=300, context_length=32)
-    s.new_model(preset="tiny", layers=2, hidden_size=64, heads=4, kv_heads=2)
+    s.new_model(**TINY_MODEL)
     s.train(steps=1, **FAST)
     s.export_recipe("recipe")
     copied = (s.workdir / "recipe" / "data" / "rows.jsonl").read_text()
@@ -54,27 +54,21 @@ def test_report_path_with_a_tilde_goes_to_the_home_folder(tmp_path, monkeypatch)
     assert s.report("~/r.html") == (tmp_path / "home" / "r.html").resolve()
 
 
-def test_export_paths_with_a_tilde_go_to_the_home_folder(tmp_path, monkeypatch):
+def test_export_paths_with_a_tilde_go_to_the_home_folder(tmp_path, monkeypatch, tiny_session):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    s = nbtune.Session(tmp_path / "p")
-    s.load(counting_docs(60))
-    s.tokenize(vocab_size=300, context_length=32)
-    s.new_model(preset="tiny", layers=2, hidden_size=64, heads=4, kv_heads=2)
+    s = tiny_session("p", counting_docs(60))
     s.export("~/my-model", smoke_prompt=None)
     assert (tmp_path / "home" / "my-model" / "config.json").is_file()
     assert not (s.workdir / "~").exists()
 
 
-def test_a_recipe_of_preference_data_is_refused_rather_than_cut(tmp_path):
+def test_a_recipe_of_preference_data_is_refused_rather_than_cut(tiny_session):
     from pathlib import Path
 
     from nbtune import StageOrderError
 
     data = Path(__file__).resolve().parents[1] / "data" / "formats"
-    s = nbtune.Session(tmp_path / "p")
-    s.load(str(data / "standard_preference.jsonl"), sft="chosen")
-    s.tokenize(vocab_size=300, context_length=64)
-    s.new_model(preset="tiny", layers=2, hidden_size=64, heads=4, kv_heads=2)
+    s = tiny_session("p", str(data / "standard_preference.jsonl"), context_length=64, sft="chosen")
     with pytest.raises(StageOrderError, match="does not carry preference data"):
         s.export_recipe("recipe")
     assert not (s.workdir / "recipe").exists()
