@@ -79,9 +79,11 @@ def tiny_session(tmp_path):
     return make
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_pretrained(tmp_path_factory):
-    """A small 'pretrained' model folder: a tiny Llama trained (with nbtune) on counting up."""
+    """A small 'pretrained' model folder: a tiny Llama trained (with nbtune) on counting up.
+
+    Made once per test session (tests only read it; one that changes a model folder copies it first)."""
     from nbtune.data.tokens import train_bpe_tokenizer
 
     root = tmp_path_factory.mktemp("tiny-pretrained")

@@ -439,24 +439,17 @@ def test_generation_report_escapes_and_keeps_whitespace():
     assert report.figures() == [] and "seed 0" in repr(report)
 
 
-def test_session_evaluate_and_generate_are_wired(tmp_path, tiny_pretrained, counting_down_docs):
+def test_session_evaluate_and_generate_are_wired(tmp_path, tiny_session, tiny_pretrained, counting_down_docs):
     from conftest import FAST
 
-    import nbtune
-
-    s = nbtune.Session(tmp_path / "wired")
-    s.load(counting_down_docs)
-    s.tokenize(vocab_size=300, context_length=32)
+    s = tiny_session("wired", counting_down_docs, model=None)
     s.use_model(str(tiny_pretrained), method="lora", lora_dropout=0.0)
     before = s.evaluate(max_rows=16)
     s.train(steps=20, **{**FAST, "learning_rate": 1e-2})
     after = s.evaluate(max_rows=16)
     assert after.result.bits_per_byte < before.result.bits_per_byte
     assert after.others and after.others[0][1].bits_per_byte == pytest.approx(before.result.bits_per_byte)
-    scratch = nbtune.Session(tmp_path / "scratch")
-    scratch.load(counting_down_docs)
-    scratch.tokenize(vocab_size=300, context_length=32)
-    scratch.new_model(preset="tiny", layers=2, hidden_size=64, heads=4, kv_heads=2)
+    scratch = tiny_session("scratch", counting_down_docs)
     report = s.generate(["ten nine eight"], max_new_tokens=4, others={"scratch": scratch})
     labels = {g.model for g in report.generations}
     assert len(labels) == 3 and len(report.generations) == 6
