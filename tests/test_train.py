@@ -442,3 +442,57 @@ def test_the_run_header_names_how_a_step_is_computed(scratch_session):
     assert setup["attention"].startswith("sdpa") and "fused" in setup["loss"] and setup["compile"] is False
     shown = dict(run.report().summary())
     assert shown["attention kernel"] == setup["attention"] and shown["memory savers"] == setup["memory"]
+
+
+# ------------------------------------------------------------------------------------------------ strategies
+
+
+def test_the_strategy_follows_the_job():
+    from nbtune.train.distributed import DistInfo
+    from nbtune.train.strategy import DDP, FSDP, SingleProcess, for_job
+
+    single = for_job(None)
+    assert type(single) is SingleProcess and single.is_main and single.my_share(6) == slice(0, 6)
+    loss = torch.tensor(0.25)
+    assert single.to_gradient_sum(loss) is loss and not single.needs_whole_forward
+    single.check_batch_can_shrink(at_step=3, micro_batch=4)  # one process may halve its micro-batch
+    second = for_job(DistInfo(rank=1, world_size=2, local_rank=1))
+    assert type(second) is DDP and not second.is_main and second.my_share(6) == slice(3, 6)
+    assert second.to_gradient_sum(loss).item() == 0.5  # DDP averages over 2 ranks: x2 makes it the step's sum
+    with pytest.raises(MemoryError, match="rank 1 at step 3 with micro-batch 4"):
+        second.check_batch_can_shrink(at_step=3, micro_batch=4)  # ranks run in lockstep
+    sharded = for_job(DistInfo(rank=0, world_size=2, local_rank=0, strategy="fsdp"))
+    assert type(sharded) is FSDP and sharded.is_main and not sharded.can_checkpoint_alone
+    with pytest.raises(nbtune.ConfigError, match="multiple of 2"):
+        sharded.check_batch(3)
+
+
+@pytest.fixture
+def one_rank_job(tmp_path):
+    """A real torch.distributed job of one process (gloo), as torchrun would set up on one CPU."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("kind", ["ddp", "fsdp"])
+@pytest.mark.parametrize("prune", [True, False])
+def test_distributed_checkpoints_keep_what_the_run_asks(scratch_session, one_rank_job, tmp_path, kind, prune):
+    """An attached run (prune_checkpoints=False) never loses a checkpoint, under DDP and FSDP as in one process."""
+    from nbtune.events import EventBus, StopToken
+    from nbtune.train.distributed import DistInfo
+    from nbtune.train.loop import Engine
+    from nbtune.train.strategy import for_job
+
+    s = scratch_session
+    engine = Engine(loaded_model=s.model, train_rows=s.tokens["train"], validation_rows=s.tokens["validation"],
+                    config=TrainConfig(steps=3, batch_size=2, grad_accum=1, learning_rate=3e-3, checkpoint_every=1,
+                                       keep_checkpoints=1, eval_every=10, background=False),
+                    seq_len=32, pack_rows=True, pad_id=0, run_dir=tmp_path / "run", run_id="r", bus=EventBus(),
+                    token=StopToken(), flops_per_token=1.0, prune_checkpoints=prune,
+                    strategy=for_job(DistInfo(rank=0, world_size=1, local_rank=0, strategy=kind)))
+    assert engine.run() == "finished", engine.error
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert kept == (["step-000003"] if prune else ["step-000001", "step-000002", "step-000003"])

@@ -10,7 +10,9 @@ notebook's single-process run maps onto them:
 * the model is wrapped in DistributedDataParallel (the default: every rank
   holds the whole model, gradients are averaged) or sharded with FSDP2
   `fully_shard` per decoder layer (strategy "fsdp": parameters, gradients and
-  optimizer state are split across ranks, for models that do not fit one GPU);
+  optimizer state are split across ranks, for models that do not fit one GPU):
+  the training loop sees either through a strategy object
+  (`nbtune.train.strategy`), built by `strategy.for_job(from_env())`;
 * each optimizer step's sequences, the very ones a single process would train
   on in that step, are split into equal contiguous shares, one per rank, so the
   global batch and the data order are those of the notebook run;
@@ -20,9 +22,7 @@ notebook's single-process run maps onto them:
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,45 +106,12 @@ def shard(info: DistInfo, n_rows: int) -> slice:
     return slice(info.rank * share, (info.rank + 1) * share)
 
 
-# ---------------------------------------------------------------------------- the model
+# ---------------------------------------------------------------------------- the model and its numbers
 
 
-def _decoder_layers(model: Any) -> list[Any]:
+def decoder_layers(model: Any) -> list[Any]:
     """The transformer blocks, sharded one by one so FSDP gathers one block's weights at a time."""
     return [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
-
-
-def wrap(model: Any, info: DistInfo) -> Any:
-    """What the training forward pass calls: a DDP wrapper, or the model itself sharded in place (FSDP)."""
-    import torch
-
-    if info.strategy == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
-        for layer in _decoder_layers(model):
-            fully_shard(layer)
-        fully_shard(model)
-        return model
-    from torch.nn.parallel import DistributedDataParallel
-
-    device_ids = [info.local_rank] if torch.cuda.is_available() else None
-    return DistributedDataParallel(model, device_ids=device_ids)
-
-
-@contextlib.contextmanager
-def gradient_sync(wrapped: Any, info: DistInfo, enabled: bool) -> Iterator[None]:
-    """Skip the gradient all-reduce on all but the last micro-batch of a step (it is done once, at the end)."""
-    if enabled:
-        yield
-    elif info.strategy == "fsdp":
-        wrapped.set_requires_gradient_sync(False)
-        try:
-            yield
-        finally:
-            wrapped.set_requires_gradient_sync(True)
-    else:
-        with wrapped.no_sync():
-            yield
 
 
 def all_reduce_sum(tensor: Any) -> Any:

@@ -10,10 +10,11 @@
 3. clip, step the optimizer, emit a `step` event;
 4. evaluate, sample and checkpoint at their intervals.
 
-As one process of a torchrun / accelerate job (`distribute()`), each process
-takes an equal share of step 2's sequences and the gradients are summed across
-processes, so a step trains on the same batch as in one process
-(`nbtune.train.distributed`).
+The loop is written for one process. As one process of a torchrun /
+accelerate job it takes a DDP or FSDP strategy object (`nbtune.train.strategy`):
+each process then trains an equal share of step 2's sequences and the gradients
+are summed across processes, so a step trains on the same batch as in one
+process. Every difference between one process and several lives in the strategy.
 
 An out-of-memory error in a step is recovered: memory is released and, with
 `auto_batch`, the micro-batch halves and gradient accumulation doubles, so the
@@ -34,9 +35,9 @@ import numpy as np
 from nbtune.config import TrainConfig
 from nbtune.data import column
 from nbtune.events import Event, EventBus, StopToken
-from nbtune.train import checkpoint as ckpt
 from nbtune.train import memory
 from nbtune.train.packing import Packed, one_per_sequence, pack
+from nbtune.train.strategy import SingleProcess, Strategy
 
 
 @dataclass
@@ -166,7 +167,7 @@ class Engine:
                  seq_len: int, pack_rows: bool, pad_id: int, run_dir: Path, run_id: str, bus: EventBus,
                  token: StopToken, flops_per_token: float, sample_prompt_ids: list[int] | None = None,
                  decode: Any = None, tokens_per_byte: float | None = None, schedule_start: int = 0,
-                 prune_checkpoints: bool = True) -> None:
+                 prune_checkpoints: bool = True, strategy: Strategy | None = None) -> None:
         self.lm = loaded_model
         self.config = config
         self.run_dir = Path(run_dir)
@@ -205,16 +206,19 @@ class Engine:
         self.memory_choice: Any = None  # memory.MemoryChoice, decided in _prepare_model
         self.setup_report: dict[str, Any] = {}  # kernels and memory savers of this run (for the run header)
         self.compiled = False
-        self.dist: Any = None  # a distributed.DistInfo when several processes train this run
-        self._wrapped: Any = None  # the DDP wrapper / FSDP-sharded model, made once
+        self.use_strategy(strategy or SingleProcess())
         self.status = "created"
 
-    def distribute(self, info: Any) -> None:
-        """Train as one rank of a torchrun / accelerate job (see `nbtune.train.distributed`); call before `run()`."""
-        from nbtune.train import distributed
+    def use_strategy(self, strategy: Strategy) -> None:
+        """Train with `strategy` (e.g. DDP or FSDP for one rank of a torchrun job); call before `run()`."""
+        strategy.check_batch(self.plan.sequences_per_step)
+        self.strategy: Strategy = strategy
 
-        distributed.check_batch(info, self.plan.sequences_per_step)
-        self.dist = info
+    def distribute(self, info: Any) -> None:
+        """Train as one rank of the job `info` (`distributed.from_env()`) describes; call before `run()`."""
+        from nbtune.train import strategy
+
+        self.use_strategy(strategy.for_job(info))
 
     # ------------------------------------------------------------ data
     def _packed(self, docs: tuple[list, list], *, epoch: int, shuffle: bool) -> Packed:
@@ -259,17 +263,11 @@ class Engine:
         self.memory_choice = self._choose_memory_savers()
         if self.memory_choice.gradient_checkpointing:
             _enable_activation_checkpointing(model)
-        if self.dist is not None and self._wrapped is None:
-            from nbtune.train import distributed
-
-            self._wrapped = distributed.wrap(model, self.dist)
+        wrapped = self.strategy.wrap(model)
         self.attention = attention.choose(device.type, device.precision, model, self.config.attention)
-        # the fused loss calls the decoder and runs the head itself; DDP/FSDP must see the whole forward
-        self._head = _plain_head(model) if self.dist is None else None
-        if self._head is not None:
-            forward = model.get_decoder()
-        else:
-            forward = self._wrapped if self._wrapped is not None else model
+        # the fused loss calls the decoder and runs the head itself; a DDP/FSDP wrapper must see the whole forward
+        self._head = None if self.strategy.needs_whole_forward else _plain_head(model)
+        forward = model.get_decoder() if self._head is not None else wrapped
         self._eager_forward = forward
         # compile a wrapper, not the model itself: checkpoints keep saving the plain module
         compile_wanted = self.config.compile if self.config.compile is not None else device.type == "cuda"
@@ -299,19 +297,9 @@ class Engine:
                         "chunked cross-entropy over the logits",
                 "compile": self.compiled, "memory": self.memory_choice.describe()}
 
-    @property
-    def _fsdp(self) -> bool:
-        return self.dist is not None and self.dist.strategy == "fsdp"
-
     def restore(self, folder: Path) -> None:
         """Continue from a checkpoint: weights, optimizer, RNG, data position."""
-        if self._fsdp:
-            state = self._restore_sharded(Path(folder))
-        else:
-            if self.optimizer is None:
-                self.setup_optimizer()
-            state = ckpt.load_checkpoint(folder, loaded_model=self.lm, optimizer=self.optimizer,
-                                         param_names=self.param_names)
+        state = self.strategy.load_checkpoint(Path(folder), loaded_model=self.lm, optimizer_ready=self._optimizer)
         if self.lm.device.type == "cuda":
             for group in self.optimizer.param_groups:
                 for param in group["params"]:
@@ -325,20 +313,11 @@ class Engine:
             self.scaler.update(state["loss_scale"])
         self.last_checkpoint = Path(folder)
 
-    def _restore_sharded(self, folder: Path) -> dict[str, Any]:
-        """FSDP: load the full weights into the still unsharded model, shard it, then scatter the optimizer state."""
-        from safetensors.torch import load_file
-
-        from nbtune.train import distributed
-
-        if self.optimizer is not None:
-            raise RuntimeError("restore an FSDP engine before it starts training")
-        self.lm.load_trainable_state(folder / "model")
-        self.setup_optimizer()
-        distributed.load_full_optimizer_state(self.lm.model, self.optimizer,
-                                              load_file(str(folder / "optimizer.safetensors")))
-        ckpt.restore_rng(load_file(str(folder / "rng.safetensors")))
-        return ckpt.read_state(folder)
+    def _optimizer(self) -> tuple[Any, dict[int, str]]:
+        """The optimizer and its parameter names, built (model prepared first) when there is none yet."""
+        if self.optimizer is None:
+            self.setup_optimizer()
+        return self.optimizer, self.param_names
 
     # ------------------------------------------------------------ events
     def emit(self, kind: str, **data: Any) -> None:
@@ -422,26 +401,19 @@ class Engine:
         lr = learning_rate(self.step, self.plan, self.config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        # DDP and FSDP average gradients over ranks; scaling each rank's loss by their number makes that a sum
-        grad_scale = 1.0
-        if self.dist is not None:
-            from nbtune.train import distributed
-
-            mine = distributed.shard(self.dist, len(inputs))
-            inputs, targets, weights, positions = inputs[mine], targets[mine], weights[mine], positions[mine]
-            grad_scale = float(self.dist.world_size)
+        mine = self.strategy.my_share(len(inputs))  # one process: all of them
+        inputs, targets, weights, positions = inputs[mine], targets[mine], weights[mine], positions[mine]
         loss_sum = torch.zeros((), device=self.lm.device.torch_device)
         micro = self.plan.micro_batch
         starts = range(0, len(inputs), micro)
         for start in starts:
             part = slice(start, start + micro)
-            with self._gradient_sync(last=start == starts[-1]):
+            with self.strategy.gradient_sync(last=start == starts[-1]):
                 loss = self._micro_loss(inputs[part], targets[part], weights[part], positions[part]) / total_weight
-                scaled = loss * grad_scale if grad_scale != 1.0 else loss
-                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                summed = self.strategy.to_gradient_sum(loss)
+                (self.scaler.scale(summed) if self.scaler else summed).backward()
             loss_sum += loss.detach()
-        if self.dist is not None:
-            distributed.all_reduce_sum(loss_sum)
+        self.strategy.sum_over_ranks(loss_sum)
         grad_norm = self._clip()
         if self.scaler:
             self.scaler.step(self.optimizer)
@@ -451,16 +423,6 @@ class Engine:
         self.optimizer.zero_grad(set_to_none=True)
         loss_value, norm_value = _read_together(loss_sum, grad_norm)
         return loss_value, int(weights.sum()), norm_value
-
-    def _gradient_sync(self, *, last: bool) -> Any:
-        """Distributed: all-reduce gradients only after the step's last micro-batch."""
-        import contextlib
-
-        if self.dist is None:
-            return contextlib.nullcontext()
-        from nbtune.train import distributed
-
-        return distributed.gradient_sync(self._wrapped, self.dist, enabled=last)
 
     def _micro_loss(self, inputs: np.ndarray, targets: np.ndarray, weights: np.ndarray,
                     positions: np.ndarray) -> Any:
@@ -495,20 +457,12 @@ class Engine:
         if not params:
             return 0.0
         max_norm = self.config.max_grad_norm if self.config.max_grad_norm is not None else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        if self._fsdp:
-            from nbtune.train import distributed
-
-            return distributed.plain_number(norm)
-        return norm
+        return self.strategy.plain_norm(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
     def _recover_from_oom(self, exc: BaseException) -> None:
         memory.release_after_oom(exc, self.optimizer)
         plan = self.plan
-        if self.dist is not None:  # the ranks run in lockstep: one rank cannot change its batch layout alone
-            raise MemoryError(f"out of memory on rank {self.dist.rank} at step {self.step + 1} with micro-batch "
-                              f"{plan.micro_batch}; lower batch_size (it is per process), enable "
-                              "gradient_checkpointing, or use --strategy fsdp to shard the model")
+        self.strategy.check_batch_can_shrink(at_step=self.step + 1, micro_batch=plan.micro_batch)
         if not self.config.auto_batch or plan.micro_batch == 1:
             advice = ("lower batch_size, enable gradient_checkpointing, shorten seq_len, or use lora/qlora"
                       if plan.micro_batch == 1 else "set auto_batch=True, or lower batch_size")
@@ -526,8 +480,7 @@ class Engine:
         self.tokens_seen += self.plan.tokens_per_step
         self.elapsed += seconds
         tokens_per_s = self.plan.tokens_per_step / max(seconds, 1e-9)
-        devices = self.dist.world_size if self.dist is not None else 1
-        mfu = (self.flops_per_token * tokens_per_s / (self.lm.device.peak_flops * devices)
+        mfu = (self.flops_per_token * tokens_per_s / (self.lm.device.peak_flops * self.strategy.world_size)
                if self.lm.device.peak_flops else None)
         self.emit("step", loss=loss, lr=learning_rate(self.step - 1, self.plan, self.config), grad_norm=grad_norm,
                   tokens=self.plan.tokens_per_step, trained_tokens=trained, tokens_seen=self.tokens_seen,
@@ -607,29 +560,12 @@ class Engine:
             return self.last_checkpoint  # this step is already on disk
         if self.optimizer is None:
             return None
-        if self.dist is None:
-            path = ckpt.save_checkpoint(self.run_dir, self.step, loaded_model=self.lm, optimizer=self.optimizer,
-                                        param_names=self.param_names, state=self.state(),
-                                        keep=self.config.keep_checkpoints if self.prune_checkpoints else None)
-        else:
-            path = self._save_distributed()
+        path = self.strategy.save_checkpoint(self.run_dir, self.step, loaded_model=self.lm, optimizer=self.optimizer,
+                                             param_names=self.param_names, state=self.state(),
+                                             keep=self.config.keep_checkpoints if self.prune_checkpoints else None)
         self.last_checkpoint = path
         self.emit("checkpoint", path=str(path), reason=reason)
         return path
-
-    def _save_distributed(self) -> Path:
-        """Rank 0 writes the single-process checkpoint format; with FSDP every rank helps gather the state first."""
-        full_model, full_optimizer = None, None
-        if self._fsdp:
-            from nbtune.train import distributed
-
-            full_model, full_optimizer = distributed.gather_full_state(self.lm.model, self.optimizer)
-        if not self.dist.is_main:
-            return ckpt.checkpoint_dir(self.run_dir, self.step)
-        return ckpt.save_checkpoint(self.run_dir, self.step, loaded_model=self.lm, optimizer=self.optimizer,
-                                    param_names=self.param_names, state=self.state(),
-                                    keep=self.config.keep_checkpoints, model_state=full_model,
-                                    optimizer_tensors=full_optimizer)
 
     # ------------------------------------------------------------ endings
     def _finish(self, status: str) -> str:
@@ -647,7 +583,7 @@ class Engine:
         saved = None
         try:
             # an FSDP checkpoint needs every process, and the others are not here to help: none is written
-            if self.optimizer is not None and not self._fsdp:
+            if self.optimizer is not None and self.strategy.can_checkpoint_alone:
                 self.optimizer.zero_grad(set_to_none=True)
                 saved = self.save_checkpoint("error")
         except Exception as save_exc:  # report both; the original error matters most
