@@ -92,7 +92,7 @@ def child_nbtune(spec: dict[str, Any]) -> dict[str, Any]:
 
     def timer(event: Any) -> None:
         if event.kind == "step":
-            steps.append(event.data)
+            steps.append(event.payload())
             if event.step in (warm, warm + timed):
                 marks[event.step] = time.perf_counter()
                 cpu[event.step] = time.process_time()

@@ -396,7 +396,7 @@ def child_nbtune(spec: dict[str, Any]) -> dict[str, Any]:
 
     def timer(event: Any) -> None:
         if event.kind == "step":
-            steps.append(event.data)
+            steps.append(event.payload())
             if event.step in (setup.warmup_steps, setup.total_steps):
                 _sync(device)
                 marks[event.step] = time.perf_counter()

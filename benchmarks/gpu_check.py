@@ -353,7 +353,7 @@ def part_oom(sz: Sizes, ctx: dict[str, Any]) -> tuple[bool, str]:
     errors: list[dict[str, Any]] = []
     run = s.train(steps=steps, batch_size=micro, seq_len=seq, auto_batch=True, eval_every=10**6, eval_batches=1,
                   warmup_steps=1, background=False, progress=False, compile=False,
-                  listeners=(lambda e: errors.append(e.data) if e.kind == "error" else None,))
+                  listeners=(lambda e: errors.append(e.payload()) if e.kind == "error" else None,))
     mem.ran()
     plan = run.engine.plan
     recovered = [e for e in errors if e.get("recovered")]

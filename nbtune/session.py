@@ -765,9 +765,9 @@ class Session:
                 return
             with self._stage_lock.held("bookkeeping"):
                 if event.kind == "checkpoint":
-                    record["checkpoint"] = event.data["path"]
+                    record["checkpoint"] = event.path
                 elif event.kind == "run_end":
-                    record["status"] = event.data["status"]
+                    record["status"] = event.status
                 elif event.kind == "run_start":
                     record["status"] = "running"
                 record["step"] = event.step

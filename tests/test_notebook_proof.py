@@ -168,7 +168,7 @@ def paused_run(s: nbtune.Session, *, steps: int = 50, listeners: tuple = (), **o
     def on_event(event):
         if event.kind == "step" and event.step == 1:
             s.run.pause()
-        if event.kind == "checkpoint" and event.data["reason"] == "pause":
+        if event.kind == "checkpoint" and event.reason == "pause":
             paused.set()
 
     run = s.train(steps=steps, listeners=(on_event, *listeners), **{**FAST, "background": True, **options})

@@ -14,7 +14,7 @@ from conftest import counting_docs as _counting_docs
 
 import nbtune
 from nbtune.config import METHOD_DEFAULTS, TrainConfig
-from nbtune.events import Event
+from nbtune.events import RunEndEvent, RunStartEvent, StepEvent
 from nbtune.train import trackers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,16 +76,27 @@ def test_a_class_logs_to_one_shared_tensorboard_folder_by_student(tmp_path):
     assert [step for step, _ in _tensorboard_scalars(shared / "bob" / "run-001-scratch")["train/loss"]] == [1, 2]
 
 
+def _start(step: int) -> RunStartEvent:
+    return RunStartEvent(run_id="r", step=step, plan={"total_steps": 3}, device="cpu", method="scratch",
+                         resumed_from=None, setup={})
+
+
+def _step(step: int, loss: float) -> StepEvent:
+    return StepEvent(run_id="r", step=step, loss=loss, lr=1e-3, grad_norm=1.0, tokens=32, trained_tokens=32,
+                     tokens_seen=32 * step, tokens_per_s=100.0, mfu=None, memory=None, elapsed=float(step),
+                     epoch=step / 3, total_steps=3, micro_batch=1, grad_accum=1, flops=1.0)
+
+
 def test_a_resumed_run_replaces_what_tensorboard_had_after_the_checkpoint(tmp_path):
     pytest.importorskip("tensorboard")
     folder = tmp_path / "tb"
     logger = trackers.TensorBoardLogger(folder)
     for step, loss in ((0, None), (1, 5.0), (2, 4.0), (3, 3.0)):  # an interrupted run got to step 3 ...
-        logger(Event("run_start" if loss is None else "step", "r", step, {"loss": loss} if loss else {"plan": {}}))
-    logger(Event("run_end", "r", 3, {"status": "failed"}))
+        logger(_start(step) if loss is None else _step(step, loss))
+    logger(RunEndEvent(run_id="r", step=3, status="failed", checkpoint=None, elapsed=3.0, tokens_seen=96))
     for step, loss in ((1, None), (2, 3.5), (3, 2.5)):  # ... and resumed from its checkpoint at step 1
-        logger(Event("run_start" if loss is None else "step", "r", step, {"loss": loss} if loss else {"plan": {}}))
-    logger(Event("run_end", "r", 3, {"status": "finished"}))
+        logger(_start(step) if loss is None else _step(step, loss))
+    logger(RunEndEvent(run_id="r", step=3, status="finished", checkpoint=None, elapsed=3.0, tokens_seen=96))
     assert _tensorboard_scalars(folder)["train/loss"] == [(1, 5.0), (2, 3.5), (3, 2.5)]
 
 

@@ -146,10 +146,10 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch(tmp_
     session = _fresh_scratch(tmp_path / "oom")
     calls = _fail_on_big_batches(session.model.model, limit=1)
     errors = []
-    run = session.train(steps=6, listeners=(lambda e: errors.append(e.data) if e.kind == "error" else None,),
+    run = session.train(steps=6, listeners=(lambda e: errors.append(e) if e.kind == "error" else None,),
                         **FAST)
     assert run.status == "finished" and calls["oom"] == 2  # 4 -> 2 -> 1
-    assert [e["micro_batch"] for e in errors] == [2, 1] and all(e["recovered"] for e in errors)
+    assert [e.micro_batch for e in errors] == [2, 1] and all(e.recovered for e in errors)
     assert run.engine.plan.micro_batch * run.engine.plan.grad_accum == 4
     assert len(run.losses) == 6
     np.testing.assert_allclose(run.losses, reference.losses, rtol=1e-4)
@@ -312,10 +312,10 @@ def test_a_failing_compile_falls_back_to_eager_with_a_message(tmp_path, monkeypa
     monkeypatch.setattr(loop, "_compile", Broken)
     errors = []
     run = _fresh_scratch(tmp_path / "c").train(steps=3, compile=True, **FAST,
-                                              listeners=(lambda e: errors.append(e.data) if e.kind == "error" else None,))
+                                              listeners=(lambda e: errors.append(e) if e.kind == "error" else None,))
     assert run.status == "finished", run.error
-    assert [e["kind_of_error"] for e in errors] == ["compile"] and errors[0]["recovered"]
-    assert "training goes on uncompiled" in errors[0]["message"]
+    assert [e.kind_of_error for e in errors] == ["compile"] and errors[0].recovered
+    assert "training goes on uncompiled" in errors[0].message and "compile=False" in errors[0].advice
     np.testing.assert_allclose(run.losses, reference, rtol=1e-6)
     assert run.engine.compiled is False
 
@@ -436,9 +436,9 @@ def test_8bit_adamw_state_survives_a_checkpoint_bitwise():
 
 def test_the_run_header_names_how_a_step_is_computed(scratch_session):
     starts = []
-    run = scratch_session.train(steps=2, listeners=(lambda e: starts.append(e.data) if e.kind == "run_start" else None,),
+    run = scratch_session.train(steps=2, listeners=(lambda e: starts.append(e) if e.kind == "run_start" else None,),
                                 **FAST)
-    setup = starts[0]["setup"]
+    setup = starts[0].setup
     assert setup["attention"].startswith("sdpa") and "fused" in setup["loss"] and setup["compile"] is False
     shown = dict(run.report().summary())
     assert shown["attention kernel"] == setup["attention"] and shown["memory savers"] == setup["memory"]

@@ -1,7 +1,8 @@
 """Listeners that come with the engine: a metrics file, an in-memory record, a console progress bar.
 
 The notebook's live chart and the widget app are listeners too; they live in
-`nbtune.viz.live` and `nbtune.ui` and subscribe to the same bus.
+`nbtune.ui` and subscribe to the same bus. Listeners read the typed fields of
+`nbtune.events` (`event.loss`), never a dict, so a misspelt field fails at once.
 """
 
 from __future__ import annotations
@@ -11,7 +12,16 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from nbtune.events import Event
+from nbtune.events import (
+    CheckpointEvent,
+    ErrorEvent,
+    EvalEvent,
+    Event,
+    RunEndEvent,
+    RunStartEvent,
+    SampleEvent,
+    StepEvent,
+)
 
 
 class MetricsFile:
@@ -87,25 +97,26 @@ class ConsoleProgress:
     def __call__(self, event: Event) -> None:
         from tqdm.std import tqdm
 
-        data = event.data
-        if event.kind == "run_start":
-            total = data["plan"]["total_steps"]
-            self._bar = tqdm(total=total, initial=event.step, desc=f"{event.run_id}", unit="step", dynamic_ncols=True)
-        elif event.kind == "step" and self._bar is not None:
+        if isinstance(event, RunStartEvent):
+            self._bar = tqdm(total=event.plan["total_steps"], initial=event.step, desc=f"{event.run_id}", unit="step",
+                             dynamic_ncols=True)
+        elif self._bar is None:
+            return
+        elif isinstance(event, StepEvent):
             self._bar.update(event.step - self._bar.n)
-            self._bar.set_postfix(loss=f"{data['loss']:.4f}", lr=f"{data['lr']:.2e}",
-                                  tok_s=f"{data['tokens_per_s']:,.0f}", refresh=False)
-        elif event.kind == "eval" and self._bar is not None:
-            self._bar.write(f"step {event.step}: eval loss {data['eval_loss']:.4f} (ppl {data['eval_ppl']:.2f})")
-        elif event.kind == "sample" and self._bar is not None:
-            self._bar.write(f"step {event.step} sample: {data['text']!r}")
-        elif event.kind == "checkpoint" and self._bar is not None:
-            self._bar.write(f"step {event.step}: checkpoint ({data['reason']}) -> {data['path']}")
-        elif event.kind == "error" and self._bar is not None:
-            self._bar.write(f"step {event.step}: {'recovered: ' if data.get('recovered') else 'ERROR: '}"
-                            f"{data['message']}")
-        elif event.kind == "run_end" and self._bar is not None:
+            self._bar.set_postfix(loss=f"{event.loss:.4f}", lr=f"{event.lr:.2e}", tok_s=f"{event.tokens_per_s:,.0f}",
+                                  refresh=False)
+        elif isinstance(event, EvalEvent):
+            self._bar.write(f"step {event.step}: eval loss {event.eval_loss:.4f} (ppl {event.eval_ppl:.2f})")
+        elif isinstance(event, SampleEvent):
+            self._bar.write(f"step {event.step} sample: {event.text!r}")
+        elif isinstance(event, CheckpointEvent):
+            self._bar.write(f"step {event.step}: checkpoint ({event.reason}) -> {event.path}")
+        elif isinstance(event, ErrorEvent):
+            self._bar.write(f"step {event.step}: {'recovered: ' if event.recovered else 'ERROR: '}{event.message}"
+                            f" — {event.advice}")
+        elif isinstance(event, RunEndEvent):
             self._bar.close()
             self._bar = None
-            print(f"{event.run_id}: {data['status']} at step {event.step}"
-                  + (f"; checkpoint {data['checkpoint']}" if data.get("checkpoint") else ""))
+            print(f"{event.run_id}: {event.status} at step {event.step}"
+                  + (f"; checkpoint {event.checkpoint}" if event.checkpoint else ""))

@@ -34,7 +34,18 @@ import numpy as np
 
 from nbtune.config import TrainConfig
 from nbtune.data import column
-from nbtune.events import Event, EventBus, StopToken
+from nbtune.events import (
+    CheckpointEvent,
+    ErrorEvent,
+    EvalEvent,
+    Event,
+    EventBus,
+    RunEndEvent,
+    RunStartEvent,
+    SampleEvent,
+    StepEvent,
+    StopToken,
+)
 from nbtune.train import memory
 from nbtune.train.packing import Packed, one_per_sequence, pack
 from nbtune.train.strategy import SingleProcess, Strategy
@@ -320,8 +331,9 @@ class Engine:
         return self.optimizer, self.param_names
 
     # ------------------------------------------------------------ events
-    def emit(self, kind: str, **data: Any) -> None:
-        self.bus.emit(Event(kind, self.run_id, self.step, data))
+    def emit(self, event_type: type[Event], **fields: Any) -> None:
+        """Emit an event of `event_type` for this run at the current step (its fields are checked by type)."""
+        self.bus.emit(event_type(run_id=self.run_id, step=self.step, **fields))
 
     # ------------------------------------------------------------ the loop
     def run(self) -> str:
@@ -330,7 +342,7 @@ class Engine:
             self.setup_optimizer()
         self.lm.model.train()
         self.status = "running"
-        self.emit("run_start", plan=self.plan.__dict__, device=self.lm.device.describe(), method=self.lm.method,
+        self.emit(RunStartEvent, plan=self.plan.__dict__, device=self.lm.device.describe(), method=self.lm.method,
                   resumed_from=str(self.last_checkpoint) if self.last_checkpoint else None, setup=self.setup_report)
         try:
             if self.step == 0 and self.config.eval_at_start:
@@ -387,9 +399,11 @@ class Engine:
             self._forward, self.compiled = self._eager_forward, False
             self.setup_report = self._describe_setup()
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-            self.emit("error", recovered=True, kind_of_error="compile",
+            self.emit(ErrorEvent, recovered=True, kind_of_error="compile",
                       message=f"torch.compile failed ({type(exc).__name__}: {first}); training goes on uncompiled "
-                              "(pass compile=False to skip the attempt)")
+                              "(pass compile=False to skip the attempt)",
+                      advice="nothing to do now (the steps run uncompiled, slower on GPUs); compile=False skips "
+                             "the attempt next time")
             return self._accumulate_and_step()
 
     def _accumulate_and_step(self) -> tuple[float, int, float]:
@@ -470,9 +484,11 @@ class Engine:
         old = plan.micro_batch
         plan.micro_batch = max(1, old // 2)
         plan.grad_accum = math.ceil(plan.sequences_per_step / plan.micro_batch)
-        self.emit("error", recovered=True, kind_of_error="out_of_memory",
+        self.emit(ErrorEvent, recovered=True, kind_of_error="out_of_memory",
                   message=f"out of memory at step {self.step + 1}: micro-batch {old} -> {plan.micro_batch}, "
                           f"gradient accumulation -> {plan.grad_accum}; effective batch unchanged, training goes on",
+                  advice=f"nothing to do now; start with batch_size={plan.micro_batch}, grad_accum={plan.grad_accum} "
+                         "next time to skip the retry",
                   micro_batch=plan.micro_batch, grad_accum=plan.grad_accum)
 
     def _report_step(self, loss: float, trained: int, grad_norm: float, seconds: float) -> None:
@@ -482,7 +498,7 @@ class Engine:
         tokens_per_s = self.plan.tokens_per_step / max(seconds, 1e-9)
         mfu = (self.flops_per_token * tokens_per_s / (self.lm.device.peak_flops * self.strategy.world_size)
                if self.lm.device.peak_flops else None)
-        self.emit("step", loss=loss, lr=learning_rate(self.step - 1, self.plan, self.config), grad_norm=grad_norm,
+        self.emit(StepEvent, loss=loss, lr=learning_rate(self.step - 1, self.plan, self.config), grad_norm=grad_norm,
                   tokens=self.plan.tokens_per_step, trained_tokens=trained, tokens_seen=self.tokens_seen,
                   tokens_per_s=tokens_per_s, mfu=mfu, memory=memory.peak_memory(self.lm.device.type),
                   elapsed=self.elapsed, epoch=self.step / self.plan.steps_per_epoch, total_steps=self.plan.total_steps,
@@ -524,7 +540,7 @@ class Engine:
                   "eval_bpb": loss / math.log(2) * self.tokens_per_byte if self.tokens_per_byte else None,
                   "tokens_seen": self.tokens_seen, "elapsed": self.elapsed,
                   "flops": self.flops_per_token * self.tokens_seen}
-        self.emit("eval", **result)
+        self.emit(EvalEvent, **result)
         return result
 
     def sample(self, max_new_tokens: int = 40) -> str | None:
@@ -543,7 +559,7 @@ class Engine:
         finally:
             self.lm.model.train()
         text = self.decode(out[0, ids.shape[1]:].tolist())
-        self.emit("sample", prompt=self.decode(self.sample_prompt_ids), text=text)
+        self.emit(SampleEvent, prompt=self.decode(self.sample_prompt_ids), text=text)
         return text
 
     def state(self) -> dict[str, Any]:
@@ -564,13 +580,13 @@ class Engine:
                                              param_names=self.param_names, state=self.state(),
                                              keep=self.config.keep_checkpoints if self.prune_checkpoints else None)
         self.last_checkpoint = path
-        self.emit("checkpoint", path=str(path), reason=reason)
+        self.emit(CheckpointEvent, path=str(path), reason=reason)
         return path
 
     # ------------------------------------------------------------ endings
     def _finish(self, status: str) -> str:
         self.status = status
-        self.emit("run_end", status=status, checkpoint=str(self.last_checkpoint) if self.last_checkpoint else None,
+        self.emit(RunEndEvent, status=status, checkpoint=str(self.last_checkpoint) if self.last_checkpoint else None,
                   elapsed=self.elapsed, tokens_seen=self.tokens_seen)
         self.release()
         return status
@@ -589,13 +605,21 @@ class Engine:
         except Exception as save_exc:  # report both; the original error matters most
             exc.add_note(f"saving a checkpoint after the error also failed: {save_exc!r}")
         self.error = exc
-        self.emit("error", recovered=False, kind_of_error="out_of_memory" if oom else type(exc).__name__,
-                  message=str(exc), checkpoint=str(saved) if saved else None)
+        self.emit(ErrorEvent, recovered=False, kind_of_error="out_of_memory" if oom else type(exc).__name__,
+                  message=str(exc), advice=self._failure_advice(oom), checkpoint=str(saved) if saved else None)
         self.status = "failed"
-        self.emit("run_end", status="failed", checkpoint=str(self.last_checkpoint) if self.last_checkpoint else None,
+        self.emit(RunEndEvent, status="failed", checkpoint=str(self.last_checkpoint) if self.last_checkpoint else None,
                   elapsed=self.elapsed, tokens_seen=self.tokens_seen, error=f"{type(exc).__name__}: {exc}")
         self.release()
         return "failed"
+
+    def _failure_advice(self, oom: bool) -> str:
+        """What to do after a failed run: remove the cause, then continue from the last checkpoint."""
+        cause = "make a step fit in memory (the message says how)" if oom else "fix the cause"
+        if self.last_checkpoint is None:
+            return f"no step had finished, so nothing is saved: {cause} and start the run again"
+        return (f"{cause}, then continue from {self.last_checkpoint.name}: s.resume({self.run_id!r}) in a notebook, "
+                "train.py --resume for a recipe")
 
     def release(self) -> None:
         """Drop optimizer state and gradients so device memory returns to what the model alone needs."""

@@ -22,11 +22,11 @@ from typing import Any
 
 from nbtune.config import tracker_names
 from nbtune.errors import ConfigError
-from nbtune.events import Event, Listener
+from nbtune.events import EvalEvent, Event, Listener, SampleEvent, StepEvent
 
 PACKAGES = {"tensorboard": "tensorboard", "trackio": "trackio"}
 
-# event data key -> tracker metric name
+# event field -> tracker metric name
 STEP_METRICS = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm",
                 "tokens_seen": "train/tokens_seen", "tokens_per_s": "train/tokens_per_s", "mfu": "train/mfu",
                 "memory": "train/memory_bytes"}
@@ -34,10 +34,11 @@ EVAL_METRICS = {"eval_loss": "eval/loss", "eval_ppl": "eval/ppl", "eval_bpb": "e
 
 
 def scalars(event: Event) -> dict[str, float]:
-    """The numbers of a step or eval event under the trackers' metric names (missing or None values left out)."""
-    names = STEP_METRICS if event.kind == "step" else EVAL_METRICS if event.kind == "eval" else {}
-    return {metric: float(event.data[key]) for key, metric in names.items()
-            if isinstance(event.data.get(key), (int, float)) and not isinstance(event.data.get(key), bool)}
+    """The numbers of a step or eval event under the trackers' metric names (None values left out)."""
+    names = STEP_METRICS if isinstance(event, StepEvent) else EVAL_METRICS if isinstance(event, EvalEvent) else {}
+    values = {metric: getattr(event, field) for field, metric in names.items()}
+    return {metric: float(value) for metric, value in values.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
 def require(name: str) -> None:
@@ -97,8 +98,8 @@ class TensorBoardLogger:
                 writer.add_scalar(name, value, event.step, walltime=event.time)
             if event.kind == "eval":
                 writer.flush()  # evaluations are rare: flush so `tensorboard` shows them while the run goes on
-        elif event.kind == "sample":
-            self._open().add_text("sample", event.data.get("text") or "", event.step, walltime=event.time)
+        elif isinstance(event, SampleEvent):
+            self._open().add_text("sample", event.text, event.step, walltime=event.time)
         elif event.kind == "run_end" and self._writer is not None:
             self._writer.close()
             self._writer = None

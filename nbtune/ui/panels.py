@@ -25,6 +25,7 @@ from nbtune.config import (
 )
 from nbtune.data import clean
 from nbtune.data.load import safe_file_name
+from nbtune.events import CheckpointEvent, ErrorEvent, RunEndEvent, RunStartEvent, StepEvent
 from nbtune.ui.forms import ConfigForm, with_tooltip
 from nbtune.ui.parts import Debouncer, ReportView
 from nbtune.viz.html import STYLE, esc
@@ -384,29 +385,27 @@ class TrainPanel(Panel):
             self.chart.reset()
             self.problems.value = ""
         self.chart(event)
-        if event.kind == "run_start":
-            self.bar.max = max(1, event.data["plan"]["total_steps"])
+        if isinstance(event, RunStartEvent):
+            self.bar.max = max(1, event.plan["total_steps"])
             self._set_buttons("running")
             self.app.refresh_header()
-        elif event.kind == "step":
+        elif isinstance(event, StepEvent):
             self.bar.value = min(event.step, self.bar.max)
-        elif event.kind == "checkpoint":
-            if event.data.get("reason") == "pause":  # the engine now waits for resume()
+        elif isinstance(event, CheckpointEvent):
+            if event.reason == "pause":  # the engine now waits for resume()
                 self._set_buttons("paused")
-                self._say(f"paused at step {event.step}; checkpoint: {event.data['path']}")
+                self._say(f"paused at step {event.step}; checkpoint: {event.path}")
             else:
-                self._say(f"checkpoint written at step {event.step}: {event.data['path']}")
-        elif event.kind == "run_end":
-            status = event.data["status"]
-            self._set_buttons(status)
-            self._say(f"{event.run_id} {status} at step {event.step}" + self._checkpoint_text())
+                self._say(f"checkpoint written at step {event.step}: {event.path}")
+        elif isinstance(event, RunEndEvent):
+            self._set_buttons(event.status)
+            self._say(f"{event.run_id} {event.status} at step {event.step}" + self._checkpoint_text())
             self.app.refresh_header()
-        elif event.kind == "error":
-            advice = event.data.get("advice")
-            self._say(event.data.get("message", "error") + (f" — {advice}" if advice else ""))
-            if event.data.get("kind_of_error") == "listener" or not event.data.get("recovered"):
+        elif isinstance(event, ErrorEvent):
+            self._say(f"{event.message} — {event.advice}")
+            if event.kind_of_error == "listener" or not event.recovered:
                 self.problems.value += (f'<div style="font-family:system-ui;font-size:13px;color:#b45309">⚠ step '
-                                        f'{event.step}: {esc(event.data.get("message", "error"))}</div>')
+                                        f'{event.step}: {esc(event.message)} — {esc(event.advice)}</div>')
 
     def _checkpoint_text(self) -> str:
         run = self.session.run
