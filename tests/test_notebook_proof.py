@@ -12,10 +12,11 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
-from conftest import FAST, counting_docs
+from conftest import FAST, TINY_MODEL, counting_docs
 
 import nbtune
 from nbtune import StageOrderError
@@ -25,14 +26,6 @@ from nbtune.train.listeners import read_metrics
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 TRAIN = dict(FAST, checkpoint_every=2, keep_checkpoints=2)
-
-
-def prepared(workdir: Path) -> nbtune.Session:
-    s = nbtune.Session(workdir)
-    s.load(counting_docs())
-    s.tokenize(vocab_size=300, context_length=32)
-    s.new_model(preset="tiny", layers=2, hidden_size=64, heads=4, kv_heads=2)
-    return s
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -49,8 +42,8 @@ def python(code: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
 # ---------------------------------------------------------------------------- 1. opening is the default
 
 
-def test_session_on_a_saved_folder_opens_it_and_says_so(tmp_path):
-    s = prepared(tmp_path / "p")
+def test_session_on_a_saved_folder_opens_it_and_says_so(tmp_path, tiny_session):
+    s = tiny_session("p")
     s.train(steps=2, **FAST)
     s.close()
     again = nbtune.Session(tmp_path / "p")
@@ -59,8 +52,8 @@ def test_session_on_a_saved_folder_opens_it_and_says_so(tmp_path):
     assert again.tokens["train"]["input_ids"] == s.tokens["train"]["input_ids"]
 
 
-def test_fresh_moves_the_old_state_into_a_dated_backup_and_deletes_nothing(tmp_path):
-    s = prepared(tmp_path / "p")
+def test_fresh_moves_the_old_state_into_a_dated_backup_and_deletes_nothing(tmp_path, tiny_session):
+    s = tiny_session("p")
     s.train(steps=2, **FAST)
     (s.workdir / "my-notes.txt").write_text("mine")
     before = snapshot(s.workdir)
@@ -77,16 +70,16 @@ def test_fresh_moves_the_old_state_into_a_dated_backup_and_deletes_nothing(tmp_p
     assert (tmp_path / "p" / "my-notes.txt").read_text() == "mine"
 
 
-def test_rerunning_stages_with_the_same_inputs_gives_the_same_result(tmp_path):
-    s = prepared(tmp_path / "p")
+def test_rerunning_stages_with_the_same_inputs_gives_the_same_result(tiny_session):
+    s = tiny_session("p")
     first = (s.dataset["text"], s.train_split["row_id"], s.tokens["train"]["input_ids"])
     s.load(counting_docs())
     s.tokenize(vocab_size=300, context_length=32)
     assert (s.dataset["text"], s.train_split["row_id"], s.tokens["train"]["input_ids"]) == first
 
 
-def test_an_out_of_date_session_object_cannot_overwrite_a_newer_save(tmp_path):
-    old = prepared(tmp_path / "p")
+def test_an_out_of_date_session_object_cannot_overwrite_a_newer_save(tmp_path, tiny_session):
+    old = tiny_session("p")
     new = nbtune.Session(tmp_path / "p")  # the cell re-run in the same kernel
     new.train(steps=2, **FAST)
     with pytest.raises(StaleSessionError, match="out of date"):
@@ -97,12 +90,12 @@ def test_an_out_of_date_session_object_cannot_overwrite_a_newer_save(tmp_path):
 # ---------------------------------------------------------------------------- 2. runs never collide
 
 
-def test_a_second_pass_makes_a_new_run_and_leaves_the_first_runs_files_untouched(tmp_path):
-    first = prepared(tmp_path / "p")
+def test_a_second_pass_makes_a_new_run_and_leaves_the_first_runs_files_untouched(tmp_path, tiny_session):
+    first = tiny_session("p")
     first.train(steps=6, **TRAIN)
     run_one = snapshot(tmp_path / "p" / "runs" / "run-001-scratch")
     first.close()
-    second = prepared(tmp_path / "p")  # "Run all" again in a fresh kernel: the same cells
+    second = tiny_session("p")  # "Run all" again in a fresh kernel: the same cells
     second.train(steps=4, **TRAIN)
     assert snapshot(tmp_path / "p" / "runs" / "run-001-scratch") == run_one
     assert [r["id"] for r in second.runs] == ["run-001-scratch", "run-002-scratch"]
@@ -113,14 +106,14 @@ def test_a_second_pass_makes_a_new_run_and_leaves_the_first_runs_files_untouched
         "step-000002", "step-000004"]
 
 
-def test_run_folders_on_disk_that_session_json_forgot_are_listed_and_never_reused(tmp_path):
-    s = prepared(tmp_path / "p")
+def test_run_folders_on_disk_that_session_json_forgot_are_listed_and_never_reused(tmp_path, tiny_session):
+    s = tiny_session("p")
     s.train(steps=2, **FAST)
     s.close()
     state = json.loads((tmp_path / "p" / "session.json").read_text())
     state["runs"] = []  # what an older nbtune left after starting empty over a saved project
     (tmp_path / "p" / "session.json").write_text(json.dumps(state))
-    again = prepared(tmp_path / "p")
+    again = tiny_session("p")
     assert again.runs[0]["id"] == "run-001-scratch" and again.runs[0]["status"] == "finished"
     assert again.train(steps=2, **FAST).id == "run-002-scratch"
 
@@ -136,8 +129,8 @@ def test_checkpoints_are_ordered_and_pruned_by_step_number_not_by_name(tmp_path)
         "step-000002", "step-000010", "step-999999", "step-1000000"]
 
 
-def test_resuming_an_attached_run_never_prunes_its_checkpoints(tmp_path):
-    elsewhere = prepared(tmp_path / "elsewhere")
+def test_resuming_an_attached_run_never_prunes_its_checkpoints(tiny_session):
+    elsewhere = tiny_session("elsewhere")
     stopper = {"at": 4}
 
     def stop(event):
@@ -150,7 +143,7 @@ def test_resuming_an_attached_run_never_prunes_its_checkpoints(tmp_path):
         (run_dir / "checkpoints" / f"step-{step:06d}").mkdir()
         (run_dir / "checkpoints" / f"step-{step:06d}" / "state.json").write_text("{}")
     elsewhere.close()
-    here = prepared(tmp_path / "here")
+    here = tiny_session("here")
     here.attach_run(run_dir)
     here.resume(here.runs[-1]["id"], progress=False)
     assert [p.name for p in list_checkpoints(run_dir)][:4] == ["step-000001", "step-000002", "step-000003",
@@ -176,8 +169,8 @@ def paused_run(s: nbtune.Session, *, steps: int = 50, listeners: tuple = (), **o
     return run
 
 
-def test_while_a_run_is_paused_stages_that_change_its_inputs_are_refused(tmp_path):
-    s = prepared(tmp_path / "p")
+def test_while_a_run_is_paused_stages_that_change_its_inputs_are_refused(tmp_path, tiny_session):
+    s = tiny_session("p")
     run = paused_run(s)
     try:
         refused = {
@@ -204,8 +197,8 @@ def test_while_a_run_is_paused_stages_that_change_its_inputs_are_refused(tmp_pat
     assert run.status == "stopped"
 
 
-def test_a_rerun_session_cell_while_training_gives_back_the_session_that_trains(tmp_path):
-    s = prepared(tmp_path / "p")
+def test_a_rerun_session_cell_while_training_gives_back_the_session_that_trains(tmp_path, tiny_session):
+    s = tiny_session("p")
     run = paused_run(s)
     try:
         again = nbtune.Session(tmp_path / "p")
@@ -233,8 +226,8 @@ class HeldRows(list):
         return super().__iter__()
 
 
-def test_an_app_click_waits_for_the_stage_a_code_cell_is_running(tmp_path):
-    s = prepared(tmp_path / "p")
+def test_an_app_click_waits_for_the_stage_a_code_cell_is_running(tiny_session):
+    s = tiny_session("p")
     app = s.ui(background=True)
     entered, release = threading.Event(), threading.Event()
     new_rows = [f"{doc} again" for doc in counting_docs(120, seed=3)]
@@ -267,8 +260,8 @@ sys.stdin.readline()
 """
 
 
-def test_a_second_process_gets_a_clear_error_or_a_read_only_view_and_a_dead_holder_is_taken_over(tmp_path):
-    prepared(tmp_path / "p").close()
+def test_a_second_process_gets_a_clear_error_or_a_read_only_view_and_a_dead_holder_is_taken_over(tmp_path, tiny_session):
+    tiny_session("p").close()
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "p")], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, env=ENV)
     try:
@@ -288,8 +281,8 @@ def test_a_second_process_gets_a_clear_error_or_a_read_only_view_and_a_dead_hold
         holder.kill()
 
 
-def test_a_run_trained_by_another_process_cannot_be_resumed_here_at_the_same_time(tmp_path):
-    s = prepared(tmp_path / "p")
+def test_a_run_trained_by_another_process_cannot_be_resumed_here_at_the_same_time(tmp_path, tiny_session):
+    s = tiny_session("p")
 
     def stop(event):
         if event.kind == "step" and event.step == 2:
@@ -392,7 +385,7 @@ def test_kill_minus_nine_at_random_moments_of_repeated_saves(tmp_path):
         assert proc.stdout.readline().startswith("loaded")
         for _ in range(rng.randint(0, 2)):
             proc.stdout.readline()
-        threading.Event().wait(rng.uniform(0.0, 0.6))  # somewhere inside a save
+        time.sleep(rng.uniform(0.0, 0.6))  # not a wait for anything: a random moment, so the kill lands inside a save
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
         assert_consistent(tmp_path / "p").close()
@@ -413,8 +406,8 @@ def broken_forward(model, at_call: int):
     model.get_input_embeddings().register_forward_pre_hook(hook)
 
 
-def test_a_background_run_that_fails_raises_from_wait(tmp_path):
-    s = prepared(tmp_path / "p")
+def test_a_background_run_that_fails_raises_from_wait(tiny_session):
+    s = tiny_session("p")
     broken_forward(s.model.model, at_call=4)
     run = s.train(steps=6, **{**FAST, "background": True, "checkpoint_every": 2})
     with pytest.raises(RuntimeError, match="illegal memory access") as info:
@@ -424,8 +417,8 @@ def test_a_background_run_that_fails_raises_from_wait(tmp_path):
         run.raise_for_status()
 
 
-def test_a_listener_that_fails_shows_in_the_run_report_and_the_app(tmp_path):
-    s = prepared(tmp_path / "p")
+def test_a_listener_that_fails_shows_in_the_run_report_and_the_app(tiny_session):
+    s = tiny_session("p")
 
     def disk_full(event):
         if event.kind == "step" and event.step >= 3:
@@ -454,9 +447,9 @@ s.train(steps=8, batch_size=4, learning_rate=3e-3, warmup_steps=2, eval_every=10
 """
 
 
-def test_after_a_kernel_crash_the_run_is_interrupted_and_resumes_bitwise(tmp_path):
-    reference = prepared(tmp_path / "ref").train(steps=8, **{**FAST, "checkpoint_every": 2}).losses
-    prepared(tmp_path / "p").close()
+def test_after_a_kernel_crash_the_run_is_interrupted_and_resumes_bitwise(tmp_path, tiny_session):
+    reference = tiny_session("ref").train(steps=8, **{**FAST, "checkpoint_every": 2}).losses
+    tiny_session("p").close()
     out = python(CRASHER, str(tmp_path / "p"))
     assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
     s = nbtune.Session(tmp_path / "p")
@@ -473,8 +466,8 @@ def test_after_a_kernel_crash_the_run_is_interrupted_and_resumes_bitwise(tmp_pat
 # ---------------------------------------------------------------------------- 8. continue a finished run
 
 
-def test_a_finished_run_is_trained_further_with_a_replanned_schedule(tmp_path):
-    s = prepared(tmp_path / "p")
+def test_a_finished_run_is_trained_further_with_a_replanned_schedule(tiny_session):
+    s = tiny_session("p")
     run = s.train(steps=6, **FAST)
     with pytest.raises(StageOrderError, match="steps="):
         s.resume(run.id)
@@ -491,11 +484,11 @@ def test_a_finished_run_is_trained_further_with_a_replanned_schedule(tmp_path):
     assert longer.extend(2).metrics[-1]["step"] == 12  # the handle's way, the same thing
 
 
-def test_an_extension_stopped_and_resumed_after_a_restart_is_bitwise_exact(tmp_path):
-    reference = prepared(tmp_path / "ref")
+def test_an_extension_stopped_and_resumed_after_a_restart_is_bitwise_exact(tmp_path, tiny_session):
+    reference = tiny_session("ref")
     reference.train(steps=4, **FAST)
     expected = reference.resume("run-001-scratch", steps=6).losses
-    s = prepared(tmp_path / "p")
+    s = tiny_session("p")
     s.train(steps=4, **FAST)
 
     def stop(event):
@@ -517,10 +510,10 @@ def test_an_extension_stopped_and_resumed_after_a_restart_is_bitwise_exact(tmp_p
     assert json.loads(out.stdout.strip().splitlines()[-1]) == expected[3:]
 
 
-def test_a_session_dropped_without_close_lets_go_of_the_project(tmp_path):
+def test_a_session_dropped_without_close_lets_go_of_the_project(tmp_path, tiny_session):
     import gc
 
-    s = prepared(tmp_path / "p")
+    s = tiny_session("p")
     del s
     gc.collect()
     out = python("import sys, nbtune; print(len(nbtune.Session(sys.argv[1]).dataset))", str(tmp_path / "p"))
@@ -528,14 +521,12 @@ def test_a_session_dropped_without_close_lets_go_of_the_project(tmp_path):
     assert out.stdout.strip().splitlines()[-1] == str(len(counting_docs()))
 
 
-def test_an_empty_validation_split_is_saved_and_read_back(tmp_path):
-    s = nbtune.Session(tmp_path / "p")
-    s.load(counting_docs(), validation_fraction=0.0)
-    s.tokenize(vocab_size=300, context_length=32)
+def test_an_empty_validation_split_is_saved_and_read_back(tmp_path, tiny_session):
+    s = tiny_session("p", model=None, validation_fraction=0.0)
     assert len(s.tokens["validation"]) == 0 and len(s.tokens["train"]) == len(counting_docs())
     s.close()
     again = nbtune.Session(tmp_path / "p")
     assert len(again.tokens["validation"]) == 0
     assert again.tokens["validation"].column_names == again.tokens["train"].column_names
-    again.new_model(preset="tiny", layers=2, hidden_size=64, heads=4, kv_heads=2)
+    again.new_model(**TINY_MODEL)
     assert again.train(steps=2, **FAST).status == "finished"  # no validation rows: no evaluation, no error
