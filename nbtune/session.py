@@ -38,7 +38,6 @@ from typing import Any
 
 from nbtune import runs
 from nbtune.config import CleanConfig, SplitConfig, TokenizerConfig
-from nbtune.data import column
 from nbtune.data import reports as data_reports
 from nbtune.data.mapped import pages_released
 from nbtune.data.split import split_rows
@@ -54,6 +53,7 @@ from nbtune.store import (
     live_sessions,
     read_dataset,
 )
+from nbtune.trust import TRUST_FLAGS, check_trust
 from nbtune.ui.outputs import show_reports_in_notebook
 from nbtune.viz.data_reports import (
     CleanReport,
@@ -66,29 +66,11 @@ from nbtune.viz.data_reports import (
 
 STATE_VERSION = 2
 ACTIVE = runs.ACTIVE
-TRUST_FLAGS = ("trust_remote_code", "allow_pickle")
 __all__ = ["Session", "ProjectLockedError", "StaleSessionError", "STATE_FILE", "check_trust"]
 
 
 def _now() -> str:
     return _dt.datetime.now().isoformat(timespec="seconds")
-
-
-def check_trust(settings: dict[str, Any], granted: dict[str, bool], *, what: str, where: Path | str,
-                how: Callable[[list[str]], str]) -> None:
-    """Refuse settings read from a file that turn on a trust flag the caller did not pass in this call.
-
-    `how(flags)` says how to allow them (a Session argument, a recipe's command-line flag).
-    """
-    asked = [flag for flag in TRUST_FLAGS if settings.get(flag)]
-    missing = [flag for flag in asked if not granted.get(flag)]
-    if not missing:
-        return
-    source = settings.get("model") or settings.get("tokenizer") or "?"
-    raise ConfigError(
-        f"{what} ask for {' and '.join(f'{f}=True' for f in missing)} (source {source!r}): that would run code "
-        "from the model's files, and nbtune never takes that permission from a saved file", path=where,
-        column=missing[0], fix=f"only if you trust {source!r} and whoever wrote this folder: {how(missing)}")
 
 
 def _resolve(workdir: str | Path) -> Path:
@@ -793,34 +775,15 @@ class Session:
         `compare_base` (default: yes for LoRA models) also scores the base model
         with the adapters switched off, so you see what fine-tuning changed.
         """
-        from nbtune.eval.generate import base_model_context
-        from nbtune.eval.metrics import evaluate_rows, worst_examples
-        from nbtune.train.factory import pad_id
-        from nbtune.viz.eval_reports import EvalReport
+        from nbtune.eval.reports import evaluation_report
 
         lm = self._idle_model("evaluate")
-        rows = self._tokens[split]
-        tokenizer = lm.tokenizer or self._tokenizer
-        kwargs = {"device": lm.device, "batch_size": batch_size, "max_rows": max_rows,
-                  "seq_len": self.tokenizer_config.context_length, "pad_id": pad_id(tokenizer)}
-        result = evaluate_rows(lm.model, rows, **kwargs)
-        others = []
-        if compare_base if compare_base is not None else lm.is_lora:
-            with base_model_context(lm):
-                others.append(("base (adapters off)", evaluate_rows(lm.model, rows, **kwargs)))
-        texts = self._texts_by_row_id()
-        worst = [(score.row_id, score.bits_per_byte if score.bits_per_byte is not None else score.loss,
-                  texts.get(score.row_id, "")) for score in worst_examples(result)]
-        report = EvalReport(split, result, model=lm.source, worst=worst, others=others,
-                            seq_len=self.tokenizer_config.context_length)
+        report = evaluation_report(lm, lm.tokenizer or self._tokenizer, self._tokens[split], split, self.dataset,
+                                   seq_len=self.tokenizer_config.context_length, batch_size=batch_size,
+                                   max_rows=max_rows, compare_base=compare_base if compare_base is not None
+                                   else lm.is_lora)
         self.reports["eval"] = report
         return report
-
-    def _texts_by_row_id(self) -> dict[int, str]:
-        data = self.dataset
-        name = "text" if "text" in data.column_names else "messages"
-        return {rid: data_reports.row_text({name: value}) for rid, value in zip(column(data, "row_id"), column(data, name),
-                                                                      strict=True)}
 
     @_stage(changes=False, while_training="allow")
     def generate(self, prompts: list[str] | None = None, *, max_new_tokens: int = 48, seed: int = 0,
@@ -830,26 +793,18 @@ class Session:
         Prompts default to the start of held-out rows (the first user message for chat data).
         Each model uses its own tokenizer and chat template, as in training.
         """
-        from nbtune.eval.generate import base_model_context, default_prompts, generate_texts
-        from nbtune.viz.eval_reports import GenerationReport
+        from nbtune.eval.generate import default_prompts
+        from nbtune.eval.reports import generation_report
 
         lm = self._idle_model("generate")
         chat = self.format != "text"
-        prompts = prompts or default_prompts(self.validation_split, chat=chat)
-        started = time.perf_counter()
-        options = {"chat": chat, "max_new_tokens": max_new_tokens, "seed": seed}
-        outputs = generate_texts(lm.model, lm.tokenizer or self._tokenizer, prompts, device=lm.device,
-                                 label=f"this session ({lm.method})", **options)
-        if compare_base if compare_base is not None else lm.is_lora:
-            with base_model_context(lm):
-                outputs += generate_texts(lm.model, lm.tokenizer, prompts, device=lm.device,
-                                          label="base (adapters off)", **options)
+        models = [(f"this session ({lm.method})", lm, lm.tokenizer or self._tokenizer,
+                   compare_base if compare_base is not None else lm.is_lora)]
         for name, other in (others or {}).items():
             olm = other._idle_model("generate")
-            outputs += generate_texts(olm.model, olm.tokenizer or other._tokenizer, prompts, device=olm.device,
-                                      label=f"{name} ({olm.method})", **options)
-        report = GenerationReport(outputs, chat=chat, max_new_tokens=max_new_tokens, temperature=0.8, top_p=0.95,
-                                  seed=seed, seconds=time.perf_counter() - started)
+            models.append((f"{name} ({olm.method})", olm, olm.tokenizer or other.tokenizer, False))
+        report = generation_report(models, prompts or default_prompts(self.validation_split, chat=chat), chat=chat,
+                                   max_new_tokens=max_new_tokens, seed=seed)
         self.reports["generate"] = report
         return report
 
@@ -926,24 +881,12 @@ class Session:
         train.py. Training settings are the latest run's, changed by `train_overrides` (e.g. steps=5000);
         `strategy='fsdp'` shards the model. `attach_run()` brings the run back.
         """
-        from nbtune.recipe import ROWS_FILE, export_recipe
+        from nbtune.recipe_files import export_recipe, recipe_report
 
         target = Path(directory).expanduser()
         target = target if target.is_absolute() else self.workdir / target
         recipe = export_recipe(self, target, data=data, strategy=strategy, train_overrides=train_overrides)
-        sources = recipe["data"]["sources"]
-        copied = sources[0]["kind"] == "rows"
-        script = target / "train.py"
-        report = MessageReport("Recipe written", [
-            ("folder", str(target)),
-            ("data", f"a copy of the {len(self._loaded):,} loaded rows ({ROWS_FILE})" if copied else
-             f"{len(sources)} source(s) read again by every process (they must exist where it runs)"),
-            ("one process", f"python {script}"),
-            ("4 GPUs on one machine", f"torchrun --nproc_per_node 4 {script}"),
-            ("the same with accelerate", f"accelerate launch --multi_gpu --num_processes 4 {script}"),
-            ("model too big for one GPU", f"torchrun --nproc_per_node 4 {script} --strategy fsdp"),
-            ("back in the notebook", f"s.attach_run({str(target / 'output')!r})"),
-        ])
+        report = recipe_report(target, recipe, loaded_rows=len(self._loaded))
         self.reports["recipe"] = report
         return report
 
@@ -960,7 +903,7 @@ class Session:
         A run.json whose model needs `trust_remote_code` or `allow_pickle` is loaded only when you pass them here.
         """
         from nbtune.eval.compare import load_run
-        from nbtune.recipe import find_run_dir
+        from nbtune.recipe_files import attach_checks, attach_record, find_run_dir
 
         self._grant(trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
         folder = Path(directory).expanduser()
@@ -968,11 +911,11 @@ class Session:
         if self._run is not None and self._run.status in ("running", "paused"):
             raise StageOrderError(f"{self._run.id} is {self._run.status}: stop it (run.stop()) or wait for it first")
         loaded = self._load_run_checkpoint(run, checkpoint) if checkpoint is not None else None
-        record = self._attached_record(run)
+        record = attach_record(self.workdir, self.runs, run)
         report = MessageReport(f"Run attached: {record['id']}", [
             ("folder", str(run.dir)), ("status", f"{run.status}, {record['step']} steps"),
             ("checkpoints", ", ".join(p.name for p in run.checkpoints) or "none"),
-            *self._attach_checks(run),
+            *attach_checks(run, self.model_settings, self._tokenizer, self._tokens),
             ("weights loaded", f"{loaded.name} (evaluate, generate and export use them)" if loaded else
              "none (pass checkpoint='latest' or 'best' to evaluate or export this run)"),
             ("next", f"s.compare() · s.resume({record['id']!r})")])
@@ -980,43 +923,9 @@ class Session:
         self._autosave()
         return report
 
-    def _attached_record(self, run: Any) -> dict[str, Any]:
-        """The session's record of an attached run (updated in place when it is attached again)."""
-        from nbtune.recipe import attached_id
-
-        record = {"dir": str(run.dir), "method": run.method, "model": run.config.get("model") or {},
-                  "config": run.config.get("config") or {}, "status": run.status,
-                  "created": run.config.get("created"), "attached": _now(),
-                  "checkpoint": str(run.checkpoints[-1]) if run.checkpoints else None,
-                  "step": run.steps[-1]["step"] if run.steps else 0}
-        for existing in self.runs:
-            if (self.workdir / existing["dir"]).resolve() == run.dir:
-                existing.update(status=record["status"], checkpoint=record["checkpoint"], step=record["step"])
-                return existing
-        record = {"id": attached_id(run.id, [r["id"] for r in self.runs]), **record}
-        self.runs.append(record)
-        return record
-
-    def _attach_checks(self, run: Any) -> list[tuple[str, str]]:
-        """Does the run match this session (model, tokenizer, data)? What resuming it here needs."""
-        from nbtune.recipe import tokenizer_fingerprint, tokens_fingerprint
-
-        def same(value: Any, mine: Any) -> str:
-            return "unknown (not recorded)" if value is None else "same as this session's" if value == mine else \
-                "different from this session's"
-
-        model = run.config.get("model")
-        tok = run.config.get("tokenizer_fingerprint")
-        data = run.config.get("data_fingerprint")
-        return [("model settings", same(model, self.model_settings)),
-                ("tokenizer", same(tok, tokenizer_fingerprint(self._tokenizer) if self._tokenizer else None)),
-                ("training data", same(data, tokens_fingerprint(self._tokens) if self._tokens is not None else None)
-                 + ("" if data is None or self._tokens is None or data == tokens_fingerprint(self._tokens) else
-                    ": a resume here would continue on this session's data"))]
-
     def _load_run_checkpoint(self, run: Any, which: str | int) -> Path:
         """Put a run's checkpoint weights into the session's model, rebuilding the model from the run's settings."""
-        from nbtune.recipe import pick_checkpoint, tokenizer_fingerprint
+        from nbtune.recipe_files import pick_checkpoint, tokenizer_fingerprint
 
         path = pick_checkpoint(run, which)
         wanted = run.config.get("model") or {}
