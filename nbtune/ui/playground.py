@@ -79,6 +79,8 @@ class PlaygroundPanel(Panel):
                                                      layout=widgets.Layout(width="190px"))
         self.temperature = widgets.BoundedFloatText(value=0.0, min=0.0, max=5.0, step=0.1, description="temperature",
                                                     layout=widgets.Layout(width="190px"))
+        self.max_new_tokens.add_class("nbtune-chat-max-tokens")
+        self.temperature.add_class("nbtune-chat-temperature")
         self.state = widgets.HTML("")
         self.state.add_class("nbtune-chat-state")
         self.columns: list[AnswerColumn] = []
