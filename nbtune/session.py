@@ -42,7 +42,6 @@ from nbtune.data import reports as data_reports
 from nbtune.data.mapped import pages_released
 from nbtune.data.split import split_rows
 from nbtune.errors import ConfigError, DataError, StageOrderError
-from nbtune.storage import atomic_write_json
 from nbtune.store import (
     STATE_FILE,
     ProjectLockedError,
@@ -953,7 +952,7 @@ class Session:
     def lab(self, config: Any = None, **overrides: Any) -> Any:
         """Fine-tuning vs training from scratch on this session's data, measured (see `nbtune.eval.lab`)."""
         from nbtune.config import LabConfig
-        from nbtune.eval.lab import run_lab
+        from nbtune.eval.lab import run_lab, save_result
         from nbtune.viz.lab_report import LabReport
 
         settings = _config(LabConfig, config, overrides)
@@ -963,11 +962,9 @@ class Session:
                             fix="s.split(validation_fraction=0.1) (or load more rows)")
         folder = runs.new_numbered_folder(self.workdir / "lab", "lab")
         result = run_lab(train, val, settings, workdir=folder, chat=self.format != "text")
+        save_result(folder, result)
         report = LabReport(result)
         self.reports["lab"] = report
-        atomic_write_json(folder / "result.json", {
-            "config": settings.to_dict(), "target_bpb": result.target_bpb, "seconds": result.seconds,
-            "arms": [{k: v for k, v in a.__dict__.items()} for a in result.arms]})
         return report
 
     # ------------------------------------------------------------ persistence

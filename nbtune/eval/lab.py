@@ -280,3 +280,12 @@ def run_lab(train_rows: Any, val_rows: Any, config: LabConfig, *, workdir: Path,
     full = next(a for a in arms if a.arm == "fine-tune" and a.fraction == max(config.fractions))
     return LabResult(config=config, arms=arms, target_bpb=full.final_bpb, held_out_rows=len(val_rows),
                      seconds=time.perf_counter() - started)
+
+
+def save_result(folder: Path, result: LabResult) -> None:
+    """`lab/lab-NNN/result.json`: the settings, the target and every arm's curve, readable without nbtune."""
+    from nbtune.storage import atomic_write_json
+
+    atomic_write_json(folder / "result.json", {
+        "config": result.config.to_dict(), "target_bpb": result.target_bpb, "seconds": result.seconds,
+        "arms": [dict(arm.__dict__) for arm in result.arms]})
