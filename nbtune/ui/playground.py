@@ -127,6 +127,7 @@ class PlaygroundPanel(Panel):
             if column is None:
                 column = labels[delta.label] = self.columns[len(labels)]
                 column.start(delta.label)
+                self._say("answering… (Stop ends the answers before their next token)")
             column.show(delta.text, done=delta.done)
 
         try:
