@@ -122,7 +122,9 @@ def main() -> None:
             "", *machine_lines(), "",
             "`python benchmarks/bench_strategy_parity.py` (tiny scratch Llama, 8 steps, batch 4, seeded, CPU, gloo); "
             "losses compared as exact `float.hex` strings, metrics.jsonl keys per event kind and in order, "
-            "run-folder file lists.", "", *table, "",
+            "run-folder file lists. The micro-batch 2 x 2 run continues the session's model after the first run "
+            "(so its losses start lower). Before: the code at commit ac07b9c (`git archive`, run with PYTHONPATH); "
+            "after: this commit's code.", "", *table, "",
             "Per-step losses after the change:", "",
             *(f"- {name}: {', '.join(f'{x:.6f}' for x in values)}" for name, values in decoded.items()), ""])
 

@@ -41,7 +41,10 @@ OptimizerReady = Callable[[], tuple[Any, dict[int, str]]]
 
 
 class SingleProcess:
-    """One process trains the whole run: the default, and what every other strategy must reproduce."""
+    """One process trains the whole run: the default, and what every other strategy must reproduce.
+
+    A strategy keeps the model it wrapped, so each engine gets its own (`for_job` makes one).
+    """
 
     name = "single"
     rank = 0
