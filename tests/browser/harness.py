@@ -115,3 +115,40 @@ def open_notebook(page, url_template: str, path: str, timeout_ms: int = 120_000)
 def run_all(page) -> None:
     """Run every cell; resolves when they have all finished."""
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def block_network(page) -> list[str]:
+    """Abort every request that leaves this machine (any page, frame or popup of the browser context).
+
+    Returns the list the blocked URLs are appended to, so a test can assert that
+    nothing (e.g. no plotly.js CDN) was even attempted.
+    """
+    from urllib.parse import urlsplit
+
+    blocked: list[str] = []
+
+    def handle(route) -> None:
+        url = route.request.url
+        parts = urlsplit(url)
+        if parts.scheme in ("data", "blob", "file", "about") or parts.hostname in LOCAL_HOSTS:
+            route.continue_()
+        else:
+            blocked.append(url)
+            route.abort()
+
+    page.context.route("**/*", handle)
+    return blocked
+
+
+NOTEBOOK_OUTPUTS_JS = """() => {
+  const nb = window.jupyterapp.shell.currentWidget.content;
+  return nb.widgets.filter(c => c.model.type === 'code').map(c => c.model.outputs.toJSON());
+}"""
+
+
+def notebook_outputs(page) -> list[list[dict]]:
+    """Every code cell's outputs as nbformat dicts, read from the open notebook's model."""
+    return page.evaluate(NOTEBOOK_OUTPUTS_JS)
