@@ -24,6 +24,11 @@ Then the smoke test: the written folder is loaded back the way a user would
 (an adapter on a freshly loaded base), and a short greedy generation from
 ``smoke_prompt`` (through the chat template when there is one) goes into the
 report, so a broken export shows at once and not in production.
+
+``format="gguf"`` writes the same folder (a LoRA model merged), then converts
+it with llama.cpp's own converter into ``model-<quantization>.gguf`` next to
+an Ollama ``Modelfile``, reads the GGUF metadata back and checks parity with
+the safetensors files (see `nbtune.eval.gguf`).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from nbtune.errors import ConfigError
+from nbtune.eval import gguf as _gguf
 from nbtune.models.base import PICKLE_SUFFIXES, _quiet_progress_bars
 from nbtune.storage import atomic_replace_dir
 from nbtune.viz.compare_report import ExportReport
@@ -337,9 +343,41 @@ def _files(folder: Path) -> list[tuple[str, int]]:
     return sorted((p.relative_to(folder).as_posix(), p.stat().st_size) for p in folder.rglob("*") if p.is_file())
 
 
+FORMATS = ("safetensors", "gguf")
+
+
+def _check_format(format: str, quantization: str | None) -> str | None:
+    """The GGUF quantization to write (None: safetensors only); refuses what cannot be written before anything is."""
+    if format not in FORMATS:
+        raise ConfigError(f"format={format!r} is not one of {', '.join(FORMATS)}", column="format",
+                          fix="use format='safetensors' (transformers / peft) or format='gguf' (llama.cpp, Ollama)")
+    if format == "safetensors":
+        if quantization is not None:
+            raise ConfigError(f"quantization={quantization!r} applies to format='gguf' only", column="quantization",
+                              fix="pass format='gguf', or leave quantization out")
+        return None
+    quantization = _gguf.check_quantization(quantization or "f16")
+    _gguf.require_converter()
+    return quantization
+
+
+def _gguf_parity(result: Any, target: Path, tokenizer: Any, prompts: Any, max_new_tokens: int, chat: bool) -> None:
+    prompts = list(_gguf.PARITY_PROMPTS if prompts is None else prompts)
+    if not prompts:
+        result.parity_skipped = "parity_prompts is empty"
+        return
+    encoded = [(prompt, *reversed(_prompt_ids(tokenizer, prompt, chat))) for prompt in prompts]
+    try:
+        _gguf.parity_check(result, target, tokenizer, encoded, max_new_tokens=max_new_tokens)
+    except Exception as exc:  # the files are written; the report says that the check could not run, and why
+        first = (str(exc).strip().splitlines() or [""])[0][:500]
+        result.parity_error = f"{type(exc).__name__}: {first}"
+
+
 def export_model(loaded_model: Any, directory: str | Path, *, merge: bool | None = None,
                  chat_template: str | None = None, tokenizer: Any = None, smoke_prompt: str | None = "Hello!",
-                 max_new_tokens: int = 20, use_chat_template: bool | None = None) -> ExportReport:
+                 max_new_tokens: int = 20, use_chat_template: bool | None = None, format: str = "safetensors",
+                 quantization: str | None = None, parity_prompts: Any = None) -> ExportReport:
     """Write `loaded_model` (a `LoadedModel`) to `directory` for transformers / peft, then load it back and generate.
 
     merge: None exports LoRA models as their adapter and other models whole;
@@ -350,6 +388,11 @@ def export_model(loaded_model: Any, directory: str | Path, *, merge: bool | None
     use_chat_template: whether the smoke prompt goes through the chat template
     (None: when the exported tokenizer has one; pass False for a model trained
     on plain text, whose tokenizer may still carry a template).
+    format: "safetensors", or "gguf" for llama.cpp / Ollama (the safetensors
+    folder, merged for LoRA, plus model-<quantization>.gguf and a Modelfile).
+    quantization: with format="gguf", one of f16 (default), bf16, f32, q8_0.
+    parity_prompts: prompts for the GGUF parity check (default: four short
+    ones; () skips it).
     """
     started = time.perf_counter()
     lm = loaded_model
@@ -362,7 +405,13 @@ def export_model(loaded_model: Any, directory: str | Path, *, merge: bool | None
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens={max_new_tokens} is below the minimum 1", column="max_new_tokens",
                           fix="use 1 or more, or smoke_prompt=None to skip the smoke test")
+    quantization = _check_format(format, quantization)
     notes: list[str] = []
+    if lm.is_lora and quantization is not None:
+        if merge is False:
+            raise ConfigError("a GGUF file holds one whole model, and merge=False asks for the adapter alone",
+                              column="merge", fix="leave merge out (GGUF export merges), or use format='safetensors'")
+        merge = True
     if lm.is_lora:
         kind = "merged" if merge else "adapter"
     else:
@@ -387,13 +436,21 @@ def export_model(loaded_model: Any, directory: str | Path, *, merge: bool | None
         notes.append(f"kept {len(keep)} file(s) you added to the folder: {', '.join(keep[:10])}"
                      + (" ..." if len(keep) > 10 else ""))
 
+    chat = bool(getattr(export_tok, "chat_template", None)) if use_chat_template is None else use_chat_template
+    gguf_result = None
+
     def build(tmp: Path) -> None:
+        nonlocal gguf_result
         _save_model(merged if merged is not None else lm.model, tmp, adapter=kind == "adapter")
         export_tok.save_pretrained(str(tmp))
+        if quantization is not None:
+            gguf_result = _gguf.write_gguf(tmp, quantization, tokenizer=export_tok, use_chat_template=chat,
+                                           name=target.name)
         written = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         _keep_user_files(target, tmp, keep)  # a re-export replaces the folder: what the user added comes along
         (tmp / EXPORT_FILE).write_text(json.dumps({
             "kind": kind, "method": lm.method, "source": lm.source, "base": base_name,
+            "format": format, "quantization": quantization,
             "chat_template": bool(getattr(export_tok, "chat_template", None)),
             "exported": _dt.datetime.now().isoformat(timespec="seconds"),
             "files": written,
@@ -411,7 +468,7 @@ def export_model(loaded_model: Any, directory: str | Path, *, merge: bool | None
     written = time.perf_counter()
     report = ExportReport(folder=str(target), kind=kind, method=lm.method, base=base_name, files=_files(target),
                           chat_template=bool(getattr(export_tok, "chat_template", None)), smoke_prompt=smoke_prompt,
-                          seconds=written - started, notes=notes)
+                          seconds=written - started, notes=notes, gguf=gguf_result)
     if smoke_prompt is not None:
         try:
             report.smoke_input, report.smoke_text = _smoke_test(
@@ -420,4 +477,6 @@ def export_model(loaded_model: Any, directory: str | Path, *, merge: bool | None
             first = (str(exc).strip().splitlines() or [""])[0][:500]
             report.smoke_error = f"{type(exc).__name__}: {first}"
         report.smoke_seconds = time.perf_counter() - written
+    if gguf_result is not None:
+        _gguf_parity(gguf_result, target, export_tok, parity_prompts, max_new_tokens, chat)
     return report

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nbtune.viz.html import bullet_list, esc, human_bytes, plot_label, table
+from nbtune.viz.html import bullet_list, esc, human_bytes, plot_label, shorten, table
 from nbtune.viz.report import Report
 
 PALETTE = ("#3a6fd8", "#e8833a", "#2da44e", "#cf222e", "#8250df", "#bf8700", "#1b7c83", "#8c959f")
@@ -175,6 +175,137 @@ KIND_TEXT = {
 }
 
 
+@dataclass
+class GGUFCheck:
+    """One metadata key of the GGUF file, read back: what it should say and what it says."""
+
+    key: str
+    expected: str
+    found: str
+    ok: bool
+
+
+@dataclass
+class GGUFParityRow:
+    """One prompt, greedy-decoded by the safetensors export (transformers) and by one reader of the GGUF file."""
+
+    prompt: str
+    reader: str
+    reference: list[int]
+    gguf: list[int]
+    reference_text: str = ""
+    gguf_text: str = ""
+    prompt_tokens_match: bool | None = None  # the reader tokenized the prompt text itself (None: not checked)
+    margin: float | None = None  # the reference's top-1 minus top-2 logit where the two first differ
+
+    @property
+    def same_prefix(self) -> int:
+        """Tokens the reader reproduced before its first divergence from the reference."""
+        n = 0
+        for a, b in zip(self.reference, self.gguf, strict=False):
+            if a != b:
+                break
+            n += 1
+        return n
+
+    @property
+    def identical(self) -> bool:
+        return self.reference == self.gguf
+
+    def divergence(self) -> str:
+        if self.identical:
+            return "identical"
+        where = f"differs at token {self.same_prefix + 1}"
+        return where + (f" (reference margin {self.margin:.3g} logits)" if self.margin is not None else "")
+
+
+@dataclass
+class GGUFExport:
+    """The GGUF part of an export: the file, its metadata read back, the Ollama Modelfile and the parity check."""
+
+    file: str
+    size: int
+    quantization: str
+    quantization_text: str
+    converter: str
+    checks: list[GGUFCheck] = field(default_factory=list)
+    modelfile: str = "Modelfile"
+    modelfile_text: str = ""
+    stop_tokens: list[str] = field(default_factory=list)
+    stop_ids: list[int] = field(default_factory=list)
+    parity: list[GGUFParityRow] = field(default_factory=list)
+    parity_rule: str = ""
+    parity_tolerance: float | None = None  # None: token-identical is required
+    parity_error: str | None = None
+    parity_skipped: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def metadata_ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def agreement(self) -> float:
+        """Share of the reference's tokens reproduced before the first divergence, over every row."""
+        total = sum(len(r.reference) for r in self.parity)
+        return sum(r.same_prefix for r in self.parity) / total if total else 1.0
+
+    @property
+    def parity_ok(self) -> bool | None:
+        """True/False for a parity check that ran, None when it was skipped or failed to run."""
+        if self.parity_error or not any(r.reference for r in self.parity):
+            return None
+        tokens_ok = all(r.prompt_tokens_match is not False for r in self.parity)
+        if self.parity_tolerance is None:
+            return tokens_ok and all(r.identical for r in self.parity)
+        return tokens_ok and self.agreement >= self.parity_tolerance
+
+    def parity_line(self) -> str:
+        if self.parity_error:
+            return f"FAILED to run: {self.parity_error}"
+        if not self.parity:
+            return f"skipped ({self.parity_skipped})" if self.parity_skipped else "skipped"
+        if not any(r.reference for r in self.parity):
+            return "inconclusive: the safetensors model stopped at once on every prompt (pass parity_prompts= " \
+                   "that it continues)"
+        readers = ", ".join(dict.fromkeys(r.reader for r in self.parity))
+        same = sum(r.identical for r in self.parity)
+        verdict = "passes" if self.parity_ok else "FAILS"
+        return (f"{verdict}: {same}/{len(self.parity)} greedy decodes identical, {self.agreement:.0%} of the reference "
+                f"tokens reproduced ({readers}); rule: {self.parity_rule}")
+
+    def summary_pairs(self) -> list[tuple[str, Any]]:
+        bad = [c.key for c in self.checks if not c.ok]
+        return [
+            ("GGUF file", f"{self.file}, {human_bytes(self.size)}, {self.quantization} ({self.quantization_text})"),
+            ("GGUF metadata", f"{len(self.checks) - len(bad)}/{len(self.checks)} checks pass"
+             + (f"; WRONG: {', '.join(bad)}" if bad else "")),
+            ("Ollama", f"{self.modelfile} (ollama create my-model -f {self.modelfile}); stops: "
+             + (", ".join(self.stop_tokens) or "none")),
+            ("GGUF parity", self.parity_line()),
+        ]
+
+    def body_html(self) -> str:
+        parts = ["<h4>GGUF metadata, read back from the file</h4>",
+                 table(["key", "expected", "found", "ok"],
+                       [(c.key, shorten(c.expected, 200), shorten(c.found, 200), "yes" if c.ok else "NO")
+                        for c in self.checks])]
+        parts.append(f"<h4>Parity: greedy decoding, safetensors export vs GGUF ({esc(self.quantization)})</h4>")
+        parts.append(f'<p class="muted">{esc(self.parity_line())}</p>')
+        if self.parity:
+            parts.append(table(
+                ["prompt", "reader", "prompt tokens", "result", "same tokens", "safetensors (transformers)", "GGUF"],
+                [(r.prompt, r.reader,
+                  {None: "not checked", True: "identical", False: "DIFFERENT"}[r.prompt_tokens_match],
+                  r.divergence(), f"{r.same_prefix}/{len(r.reference)}", r.reference_text, r.gguf_text)
+                 for r in self.parity], numeric=[4]))
+        parts.append(f"<h4>Ollama: {esc(self.modelfile)}</h4>")
+        parts.append(f'<pre class="cell">{esc(self.modelfile_text)}</pre>')
+        if self.notes:
+            parts.append(bullet_list(self.notes, "muted"))
+        return "".join(parts)
+
+
 @dataclass(repr=False)
 class ExportReport(Report):
     """What `export_model` wrote, and what the written model generated when loaded back."""
@@ -192,6 +323,7 @@ class ExportReport(Report):
     seconds: float = 0.0
     smoke_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    gguf: GGUFExport | None = None
     title = "Model export"
 
     @property
@@ -213,13 +345,16 @@ class ExportReport(Report):
         pairs: list[tuple[str, Any]] = [
             ("folder", self.folder),
             ("what", f"{KIND_TEXT.get(self.kind, self.kind)}; trained with {self.method}"),
-            ("files", f"{len(self.files)} files, {human_bytes(self.total_bytes)} (safetensors, no pickle)"),
+            ("files", f"{len(self.files)} files, {human_bytes(self.total_bytes)} (safetensors"
+             + (" + GGUF" if self.gguf else "") + ", no pickle)"),
             ("chat template", "written with the tokenizer" if self.chat_template else "none (plain-text model)"),
             ("smoke test", self._smoke_line()),
             ("time", f"{self.seconds:.1f} s to write, {self.smoke_seconds:.1f} s to load back and generate"),
         ]
         if self.base:
             pairs.insert(2, ("base model", self.base))
+        if self.gguf:
+            pairs[-1:-1] = self.gguf.summary_pairs()
         return pairs
 
     def load_code(self) -> str:
@@ -230,7 +365,10 @@ class ExportReport(Report):
                     f"tokenizer = AutoTokenizer.from_pretrained({self.folder!r})")
         return ("from transformers import AutoModelForCausalLM, AutoTokenizer\n"
                 f"model = AutoModelForCausalLM.from_pretrained({self.folder!r})\n"
-                f"tokenizer = AutoTokenizer.from_pretrained({self.folder!r})")
+                f"tokenizer = AutoTokenizer.from_pretrained({self.folder!r})"
+                + (f"\n# llama.cpp: llama-cli -m {self.folder}/{self.gguf.file}\n"
+                   f"# Ollama:    cd {self.folder} && ollama create my-model -f {self.gguf.modelfile}"
+                   if self.gguf else ""))
 
     def body_html(self) -> str:
         parts = ["<h4>Files written</h4>",
@@ -242,6 +380,8 @@ class ExportReport(Report):
             rows = [("prompt", self.smoke_prompt or ""), ("model input", self.smoke_input or "")]
             rows.append(("error", self.smoke_error) if self.smoke_error else ("generated", self.smoke_text or ""))
             parts.append(table(["", "text"], rows))
+        if self.gguf:
+            parts.append(self.gguf.body_html())
         parts.append("<h4>How to load it</h4>")
         parts.append(f'<pre class="cell">{esc(self.load_code())}</pre>')
         if self.notes:
