@@ -27,8 +27,9 @@ from typing import Any
 
 PLOTLY_READY_EVENT = "nbtune-plotly-ready"
 DEFAULT_HEIGHT = 450
-WAITING_NOTE = ("chart: waiting for plotly.js, which nbtune sends once per notebook kernel; "
-                "if this stays, run the cell again")
+WAITING_NOTE = ("chart: waiting for plotly.js, which nbtune sends once per kernel. If this stays, run the cell "
+                "again; if it still stays (the output that held plotly.js was cleared), run "
+                "`from nbtune.ui.outputs import send_plotlyjs; send_plotlyjs(again=True)` first")
 
 _DRAW_JS = """(function () {
   var id = %(id)s, key = %(key)s;
