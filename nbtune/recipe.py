@@ -209,14 +209,14 @@ def _train(session: Any, record: dict[str, Any], settings: Any, checkpoint: Path
            progress: bool) -> str:
     """The notebook's engine on the rebuilt session: distributed, continued from `checkpoint` if given."""
     from nbtune.train.factory import session_engine
+    from nbtune.train.strategy import for_job
 
     run_dir = session.workdir / record["dir"]
     with _run_lock(run_dir, info):
         if checkpoint is None and (info is None or info.is_main):
             runs.write_run_file(session, record)
-        engine = session_engine(session, record, settings, _bus(run_dir, info, progress, settings, record))
-        if info is not None:
-            engine.distribute(info)
+        engine = session_engine(session, record, settings, _bus(run_dir, info, progress, settings, record),
+                                strategy=for_job(info) if info is not None else None)
         if checkpoint is not None:
             engine.restore(checkpoint)
         status = engine.run()

@@ -64,12 +64,13 @@ def make_bus(run_dir: Path, listeners: Iterable[Listener] = (), *,
 def make_engine(*, loaded_model: Any, tokenizer: Any, train_rows: Any, validation_rows: Any, settings: Any,
                 seq_len: int, pack_rows: bool, run_dir: Path, run_id: str, bus: EventBus,
                 token: StopToken | None = None, chat: bool = False, flops_per_token: float | None = None,
-                schedule_start: int = 0, prune_checkpoints: bool = True) -> Any:
+                schedule_start: int = 0, prune_checkpoints: bool = True, strategy: Any = None) -> Any:
     """The training engine for a model on tokenized rows, reporting to `bus`.
 
     `flops_per_token` defaults to the model card's at this sequence length; `schedule_start` is where the
     learning-rate schedule begins (a run trained further); `prune_checkpoints=False` keeps every checkpoint
-    (a run attached from elsewhere: never delete its files).
+    (a run attached from elsewhere: never delete its files); `strategy` is one process (None), or DDP / FSDP for
+    one rank of a torchrun job (`nbtune.train.strategy.for_job`).
     """
     from nbtune.train.loop import Engine
 
@@ -81,11 +82,11 @@ def make_engine(*, loaded_model: Any, tokenizer: Any, train_rows: Any, validatio
                   sample_prompt_ids=sample_ids(tokenizer, settings.sample_prompt, chat=chat),
                   decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=False),
                   tokens_per_byte=tokens_per_byte(validation_rows),
-                  schedule_start=schedule_start, prune_checkpoints=prune_checkpoints)
+                  schedule_start=schedule_start, prune_checkpoints=prune_checkpoints, strategy=strategy)
 
 
 def session_engine(session: Any, record: dict[str, Any], settings: Any, bus: EventBus,
-                   token: StopToken | None = None) -> Any:
+                   token: StopToken | None = None, strategy: Any = None) -> Any:
     """The engine for a run record of a Session (a notebook run, or a recipe's replayed session), from the
     Session's public state: its model, tokenizer, tokens and tokenizer settings."""
     lm = session.model
@@ -96,4 +97,5 @@ def session_engine(session: Any, record: dict[str, Any], settings: Any, bus: Eve
                        validation_rows=session.tokens["validation"], settings=settings, seq_len=seq_len,
                        pack_rows=session.tokenizer_config.pack, run_dir=session.workdir / record["dir"],
                        run_id=record["id"], bus=bus, token=token, chat=session.format != "text",
-                       schedule_start=segments[-1]["start"], prune_checkpoints=not record.get("attached"))
+                       schedule_start=segments[-1]["start"], prune_checkpoints=not record.get("attached"),
+                       strategy=strategy)
