@@ -222,3 +222,29 @@ def test_display_modules_load_without_ipython_or_widgets(module):
     code = f"import sys, {module}; print(sorted(m for m in ('ipywidgets', 'IPython') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"  # IPython and ipywidgets load only when something is displayed
+
+
+#: The README's Layout, top to bottom: a part may import only itself and the parts after it.
+LAYERS = ("nbtune.recipe", "nbtune.session", "nbtune.ui", "nbtune.runs", "nbtune.recipe_files", "nbtune.eval",
+          "nbtune.train", "nbtune.models", "nbtune.data", "nbtune.viz", "nbtune.events", "nbtune.store",
+          "nbtune.trust", "nbtune.config", "nbtune.device", "nbtune.storage", "nbtune.errors")
+
+
+def _layer(module: str) -> int | None:
+    for rank, part in enumerate(LAYERS):
+        if module == part or module.startswith(part + "."):
+            return rank
+    return None  # the package's own __init__ / __main__: the front door, above everything
+
+
+def test_every_module_belongs_to_a_layer_of_the_readme():
+    unplaced = [m for m in all_modules() if _layer(m) is None and m not in ("nbtune", "nbtune.__main__")]
+    assert not unplaced, f"add these to LAYERS and to the README's Layout: {unplaced}"
+
+
+def test_imports_point_down_the_readme_layout():
+    graph, lines = import_graph()
+    upward = [f"{module} (line {lines[(module, target)]}) imports {target}, which is listed above it"
+              for module, targets in graph.items() for target in sorted(targets)
+              if _layer(module) is not None and _layer(target) is not None and _layer(target) < _layer(module)]
+    assert not upward, "\n".join(upward)
