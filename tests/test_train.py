@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import FAST
-from conftest import counting_docs as _counting_docs
-from conftest import counting_down_docs_list as _counting_down_docs
+from conftest import FAST, counting_docs, counting_down_docs_list
 
 import nbtune
 from nbtune.config import TrainConfig
@@ -20,22 +19,14 @@ from nbtune.events import EVENT_KINDS
 from nbtune.train.loop import Plan, learning_rate
 
 
-@pytest.fixture
-def scratch_session(tmp_path):
-    s = nbtune.Session(tmp_path / "scratch")
-    s.load(_counting_docs())
-    s.tokenize(vocab_size=300, context_length=32)
-    s.new_model(preset="tiny", layers=2, hidden_size=64, heads=4, kv_heads=2)
-    return s
-
-
-def test_scratch_model_learns_and_parameters_change(scratch_session):
-    before = {n: p.detach().clone() for n, p in scratch_session.model.model.named_parameters()}
-    run = scratch_session.train(steps=40, **FAST)
+def test_scratch_model_learns_and_parameters_change(tiny_session):
+    s = tiny_session()
+    before = {n: p.detach().clone() for n, p in s.model.model.named_parameters()}
+    run = s.train(steps=40, **FAST)
     assert run.status == "finished"
     evals = [e["eval_loss"] for e in run.evals]
     assert evals[-1] < 0.6 * evals[0], evals
-    changed = [n for n, p in scratch_session.model.model.named_parameters() if not torch.equal(before[n], p)]
+    changed = [n for n, p in s.model.model.named_parameters() if not torch.equal(before[n], p)]
     assert len(changed) == len(before)
 
 
@@ -53,19 +44,11 @@ def _losses_after_stop_and_resume(session, k: int, steps: int) -> list[float]:
 
 
 @pytest.mark.parametrize("k", [1, 4, 7])
-def test_stop_and_resume_in_the_same_kernel_is_bitwise_exact(tmp_path, k):
+def test_stop_and_resume_in_the_same_kernel_is_bitwise_exact(tiny_session, k):
     steps = 9
-    reference = _fresh_scratch(tmp_path / "ref").train(steps=steps, **FAST).losses
-    resumed = _losses_after_stop_and_resume(_fresh_scratch(tmp_path / f"k{k}"), k, steps)
+    reference = tiny_session("ref").train(steps=steps, **FAST).losses
+    resumed = _losses_after_stop_and_resume(tiny_session(f"k{k}"), k, steps)
     assert resumed == reference  # bitwise: the same floats
-
-
-def _fresh_scratch(workdir):
-    s = nbtune.Session(workdir)
-    s.load(_counting_docs())
-    s.tokenize(vocab_size=300, context_length=32)
-    s.new_model(preset="tiny", layers=2, hidden_size=64, heads=4, kv_heads=2)
-    return s
 
 
 RESUME_SCRIPT = """
@@ -77,10 +60,10 @@ print(json.dumps({"status": run.status, "losses": run.losses}))
 
 
 @pytest.mark.parametrize("k", [2, 5])
-def test_resume_from_disk_in_a_fresh_process_is_bitwise_exact(tmp_path, k):
+def test_resume_from_disk_in_a_fresh_process_is_bitwise_exact(tiny_session, k):
     steps = 8
-    reference = _fresh_scratch(tmp_path / "ref").train(steps=steps, **FAST).losses
-    session = _fresh_scratch(tmp_path / "stopped")
+    reference = tiny_session("ref").train(steps=steps, **FAST).losses
+    session = tiny_session("stopped")
 
     def stop_at_k(event):
         if event.kind == "step" and event.step == k:
@@ -101,15 +84,16 @@ def test_resume_from_disk_in_a_fresh_process_is_bitwise_exact(tmp_path, k):
     assert logged == reference
 
 
-def test_events_files_and_checkpoints(scratch_session):
+def test_events_files_and_checkpoints(tiny_session):
+    s = tiny_session()
     seen, broken_calls = [], []
 
     def broken_listener(event):
         broken_calls.append(event.kind)
         raise RuntimeError("a broken chart must not stop training")
 
-    run = scratch_session.train(steps=6, checkpoint_every=2, keep_checkpoints=2, sample_prompt="one two",
-                                listeners=(lambda e: seen.append(e.kind), broken_listener), **FAST)
+    run = s.train(steps=6, checkpoint_every=2, keep_checkpoints=2, sample_prompt="one two",
+                  listeners=(lambda e: seen.append(e.kind), broken_listener), **FAST)
     assert run.status == "finished" and broken_calls
     assert {"run_start", "step", "eval", "checkpoint", "sample", "run_end"} <= set(seen) <= set(EVENT_KINDS)
     step = run.metrics[-1]
@@ -122,7 +106,7 @@ def test_events_files_and_checkpoints(scratch_session):
     files = {p.name for p in (run.dir / "checkpoints" / "step-000006").rglob("*") if p.is_file()}
     assert {"optimizer.safetensors", "rng.safetensors", "state.json"} <= files
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pkl"))]
-    saved = json.loads((scratch_session.workdir / "session.json").read_text())
+    saved = json.loads((s.workdir / "session.json").read_text())
     assert saved["runs"][0]["status"] == "finished" and saved["runs"][0]["checkpoint"].endswith("step-000006")
 
 
@@ -141,9 +125,9 @@ def _fail_on_big_batches(model, limit: int):
     return calls
 
 
-def test_out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch(tmp_path):
-    reference = _fresh_scratch(tmp_path / "ref").train(steps=6, **FAST)
-    session = _fresh_scratch(tmp_path / "oom")
+def test_out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch(tiny_session):
+    reference = tiny_session("ref").train(steps=6, **FAST)
+    session = tiny_session("oom")
     calls = _fail_on_big_batches(session.model.model, limit=1)
     errors = []
     run = session.train(steps=6, listeners=(lambda e: errors.append(e) if e.kind == "error" else None,),
@@ -155,8 +139,8 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch(tmp_
     np.testing.assert_allclose(run.losses, reference.losses, rtol=1e-4)
 
 
-def test_out_of_memory_without_auto_batch_fails_cleanly_and_keeps_the_session(tmp_path):
-    session = _fresh_scratch(tmp_path / "oom2")
+def test_out_of_memory_without_auto_batch_fails_cleanly_and_keeps_the_session(tiny_session):
+    session = tiny_session("oom2")
     _fail_on_big_batches(session.model.model, limit=1)
     with pytest.raises(MemoryError, match="out of memory") as info:  # in the foreground the failure is raised
         session.train(steps=4, auto_batch=False, **FAST)
@@ -168,40 +152,51 @@ def test_out_of_memory_without_auto_batch_fails_cleanly_and_keeps_the_session(tm
     assert json.loads((session.workdir / "session.json").read_text())["runs"][0]["status"] == "failed"
 
 
-def test_memory_is_released_after_a_run(scratch_session):
-    run = scratch_session.train(steps=3, **FAST)
+def test_memory_is_released_after_a_run(tiny_session):
+    s = tiny_session()
+    held = []  # the control: during the run the optimizer state exists, so its release below is the run's doing
+    run = s.train(steps=3, **FAST, listeners=(
+        lambda e: held.append(s.run.engine.optimizer is not None) if e.kind == "step" else None,))
+    assert run.status == "finished" and held == [True, True, True]
     assert run.engine.optimizer is None
-    assert all(p.grad is None for p in scratch_session.model.model.parameters())
+    assert all(p.grad is None for p in s.model.model.parameters())
 
 
-def test_background_run_pause_resume_stop(scratch_session):
-    import time
+def test_background_run_pause_resume_stop(tiny_session):
+    s = tiny_session()
+    two_steps, paused, moved_on = threading.Event(), threading.Event(), threading.Event()
+    paused_at = {}
 
-    run = scratch_session.train(steps=10_000, **{**FAST, "background": True})
-    deadline = time.time() + 60
-    while len(run.metrics) < 2 and time.time() < deadline:
-        time.sleep(0.05)
-    run.pause()
-    while run.status != "paused" and time.time() < deadline:
-        time.sleep(0.05)
-    paused_at = run.engine.step
-    time.sleep(0.3)
-    assert run.engine.step == paused_at and run.last_checkpoint.name == f"step-{paused_at:06d}"
-    run.resume()
-    while run.engine.step < paused_at + 2 and time.time() < deadline:
-        time.sleep(0.05)
-    run.stop().wait(60)
-    assert run.status == "stopped" and run.engine.step >= paused_at + 2
+    def watch(event):
+        if event.kind == "step" and event.step == 2:
+            two_steps.set()
+        if event.kind == "checkpoint" and event.reason == "pause":
+            paused_at["step"] = event.step
+            paused.set()
+        if event.kind == "step" and paused.is_set() and event.step == paused_at["step"] + 2:
+            moved_on.set()
+
+    run = s.train(steps=10_000, listeners=(watch,), **{**FAST, "background": True})
+    try:
+        assert two_steps.wait(60), "the run did not reach step 2"
+        run.pause()  # from this thread, as a user's click or cell would
+        assert paused.wait(60), "the run did not write its pause checkpoint"
+        step = paused_at["step"]
+        time.sleep(0.3)  # a time window by nature: nothing may move while paused, however long one looks
+        assert run.status == "paused" and step >= 2 and run.engine.step == step
+        assert run.last_checkpoint.name == f"step-{step:06d}" and not moved_on.is_set()
+        run.resume()
+        assert moved_on.wait(60), "the run did not go on after resume()"
+    finally:
+        run.stop().wait(60)
+    assert run.status == "stopped" and run.engine.step >= step + 2
     assert run.last_checkpoint.name == f"step-{run.engine.step:06d}"
 
 
-def test_keyboard_interrupt_in_the_foreground_is_a_graceful_stop(scratch_session):
-    def interrupt(event):
-        if event.kind == "step" and event.step == 3:
-            raise KeyboardInterrupt
-
+def test_keyboard_interrupt_in_the_foreground_is_a_graceful_stop(tiny_session):
+    s = tiny_session()
     # listeners swallow exceptions, so interrupt from inside the model like a real Ctrl-C would
-    model = scratch_session.model.model.get_decoder()  # what the engine calls (the fused loss runs the head)
+    model = s.model.model.get_decoder()  # what the engine calls (the fused loss runs the head)
     real_forward, count = model.forward, {"n": 0}
 
     def forward(*args, **kwargs):
@@ -211,45 +206,77 @@ def test_keyboard_interrupt_in_the_foreground_is_a_graceful_stop(scratch_session
         return real_forward(*args, **kwargs)
 
     model.forward = forward
-    run = scratch_session.train(steps=10, **FAST)
+    run = s.train(steps=10, **FAST)
     assert run.status == "stopped" and run.engine.step == 3
     assert run.last_checkpoint.name == "step-000003"
-    del interrupt
 
 
-def test_learning_rate_schedule():
-    config = TrainConfig(learning_rate=1.0, min_lr_ratio=0.1)
-    plan = Plan(total_steps=100, steps_per_epoch=100, sequences_per_epoch=100, seq_len=8, sequences_per_step=1,
-                micro_batch=1, grad_accum=1, warmup_steps=10, eval_every=10, checkpoint_every=None)
-    assert learning_rate(0, plan, config) == pytest.approx(0.1)
-    assert learning_rate(9, plan, config) == pytest.approx(1.0)
-    assert learning_rate(10, plan, config) == pytest.approx(1.0)
-    assert learning_rate(55, plan, config) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
-    assert learning_rate(99, plan, config) > 0.1 - 1e-9
+def _hundred_step_plan(schedule_start: int = 0) -> Plan:
+    """100 steps after `schedule_start`, the first 10 of them warmup: decay spans the 90 steps after those."""
+    return Plan(total_steps=schedule_start + 100, steps_per_epoch=100, sequences_per_epoch=100, seq_len=8,
+                sequences_per_step=1, micro_batch=1, grad_accum=1, warmup_steps=10, eval_every=10,
+                checkpoint_every=None, schedule_start=schedule_start)
 
 
-def test_train_before_model_says_what_to_do(tmp_path):
-    s = nbtune.Session(tmp_path / "w")
-    s.load(_counting_docs(20))
-    s.tokenize(vocab_size=280, context_length=16)
+def test_learning_rate_warms_up_then_follows_a_cosine_to_the_floor():
+    config, plan = TrainConfig(learning_rate=1.0, min_lr_ratio=0.1), _hundred_step_plan()
+    rates = {step: learning_rate(step, plan, config) for step in (0, 4, 9, 10, 40, 55, 99)}
+    # warmup: step i runs at (i + 1) / 10 of the peak
+    assert (rates[0], rates[4], rates[9]) == (pytest.approx(0.1), pytest.approx(0.5), pytest.approx(1.0))
+    # decay from 1.0 (step 10) to the floor 0.1 (step 100): 0.1 + 0.9 * (1 + cos(pi * done)) / 2
+    assert rates[10] == pytest.approx(1.0)
+    assert rates[40] == pytest.approx(0.775)  # a third done: cos(pi/3) = 1/2, 0.1 + 0.9 * 3/4
+    assert rates[55] == pytest.approx(0.55)  # halfway: cos(pi/2) = 0, 0.1 + 0.9 / 2
+    assert rates[99] == pytest.approx(0.1003, abs=1e-4)  # 89/90 done: 1 - cos(2 deg) ~ (pi/90)^2/2 = 6.1e-4
+
+
+def test_linear_and_constant_schedules_and_a_schedule_that_starts_later():
+    linear = TrainConfig(learning_rate=1.0, min_lr_ratio=0.1, schedule="linear")
+    assert learning_rate(55, _hundred_step_plan(), linear) == pytest.approx(0.55)  # halfway from 1.0 to 0.1
+    assert learning_rate(40, _hundred_step_plan(), linear) == pytest.approx(0.7)  # a third: 1.0 - 0.9 / 3
+    constant = TrainConfig(learning_rate=0.5, schedule="constant")
+    assert [learning_rate(step, _hundred_step_plan(), constant) for step in (4, 10, 99)] == \
+        pytest.approx([0.25, 0.5, 0.5])  # warmup still: step 4 is at half the peak
+    extended = _hundred_step_plan(schedule_start=100)  # a run trained 100 steps further: warmup and decay again
+    cosine = TrainConfig(learning_rate=1.0, min_lr_ratio=0.1)
+    assert [learning_rate(step, extended, cosine) for step in (100, 109, 155)] == pytest.approx([0.1, 1.0, 0.55])
+
+
+def test_train_before_model_says_what_to_do(tiny_session):
+    s = tiny_session("w", counting_docs(20), model=None, vocab_size=280, context_length=16)
     with pytest.raises(nbtune.StageOrderError, match="new_model"):
         s.train(steps=1)
 
 
-def test_gradient_checkpointing_gives_the_same_losses(tmp_path):
-    reference = _fresh_scratch(tmp_path / "ref").train(steps=3, **FAST).losses
-    checkpointed = _fresh_scratch(tmp_path / "gc").train(steps=3, gradient_checkpointing=True, **FAST).losses
-    np.testing.assert_allclose(checkpointed, reference, rtol=1e-5)
+def _count_layer_forwards(session) -> dict[str, int]:
+    """How often the first layer's MLP starts a forward: checkpointing runs it again in each backward pass.
+
+    (A pre-hook: transformers checkpoints a layer's `forward`, outside its own hooks, and torch's recompute stops
+    once it has the tensors the backward needs, before the MLP returns.)
+    """
+    calls = {"n": 0}
+    session.model.model.get_decoder().layers[0].mlp.register_forward_pre_hook(
+        lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    return calls
+
+
+def test_gradient_checkpointing_gives_the_same_losses(tiny_session):
+    plain, checkpointed = tiny_session("ref"), tiny_session("gc")
+    plain_calls, checkpointed_calls = _count_layer_forwards(plain), _count_layer_forwards(checkpointed)
+    reference = plain.train(steps=3, **FAST).losses
+    losses = checkpointed.train(steps=3, gradient_checkpointing=True, **FAST).losses
+    np.testing.assert_allclose(losses, reference, rtol=1e-5)
+    # the control: checkpointing was on, one recomputed forward per step (micro-batch 4 = the whole batch)
+    assert checkpointed_calls["n"] == plain_calls["n"] + 3
 
 
 @pytest.mark.parametrize("method,lr", [("full", 3e-3), ("lora", 1e-2), ("qlora", 1e-2), ("lora-8bit", 1e-2)])
-def test_fine_tuning_methods_learn(tmp_path, tiny_pretrained, method, lr):
-    s = nbtune.Session(tmp_path / method)
-    s.load(_counting_down_docs())
-    s.tokenize(vocab_size=300, context_length=32)
+def test_fine_tuning_methods_learn(tiny_session, tiny_pretrained, method, lr):
+    s = tiny_session(method, counting_down_docs_list(), model=None)  # its own BPE first: use_model replaces it
     card = s.use_model(str(tiny_pretrained), method=method, lora_rank=16, lora_alpha=32, lora_dropout=0.0)
     assert s.tokenizer_config.tokenizer == str(tiny_pretrained)  # re-tokenized with the model's tokenizer
     trainable = {n: p.detach().clone() for n, p in s.model.model.named_parameters() if p.requires_grad}
+    assert trainable  # (else "every trainable tensor changed" below holds for none)
     run = s.train(steps=40, **{**FAST, "learning_rate": lr})
     assert run.status == "finished", run.error
     evals = [e["eval_loss"] for e in run.evals]
@@ -265,13 +292,15 @@ def test_fine_tuning_methods_learn(tmp_path, tiny_pretrained, method, lr):
 READS = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__", "numpy")
 
 
-def test_one_device_to_host_read_per_step(scratch_session, monkeypatch):
+def test_one_device_to_host_read_per_step(tiny_session, monkeypatch):
     """Every way a tensor's value reaches Python is counted during each step: one per step, the loss read.
 
     (On CPU these reads cost nothing; on CUDA each one is a sync. `torch.cuda.set_sync_debug_mode` would catch
     syncs directly, but only on a GPU.)
     """
     from nbtune.train import loop
+
+    s = tiny_session()
 
     counts: list[int] = []
     reads = {"n": 0}
@@ -292,15 +321,15 @@ def test_one_device_to_host_read_per_step(scratch_session, monkeypatch):
 
         monkeypatch.setattr(torch.Tensor, name, wrapper)
     monkeypatch.setattr(loop.Engine, "_accumulate_and_step", counted)
-    run = scratch_session.train(steps=3, **{**FAST, "grad_accum": 2})
+    run = s.train(steps=3, **{**FAST, "grad_accum": 2})
     assert run.status == "finished", run.error
     assert counts == [1, 1, 1]
 
 
-def test_a_failing_compile_falls_back_to_eager_with_a_message(tmp_path, monkeypatch):
+def test_a_failing_compile_falls_back_to_eager_with_a_message(tiny_session, monkeypatch):
     from nbtune.train import loop
 
-    reference = _fresh_scratch(tmp_path / "ref").train(steps=3, **FAST).losses
+    reference = tiny_session("ref").train(steps=3, **FAST).losses
 
     class Broken:
         def __init__(self, module):
@@ -311,8 +340,8 @@ def test_a_failing_compile_falls_back_to_eager_with_a_message(tmp_path, monkeypa
 
     monkeypatch.setattr(loop, "_compile", Broken)
     errors = []
-    run = _fresh_scratch(tmp_path / "c").train(steps=3, compile=True, **FAST,
-                                              listeners=(lambda e: errors.append(e) if e.kind == "error" else None,))
+    run = tiny_session("c").train(steps=3, compile=True, **FAST,
+                                  listeners=(lambda e: errors.append(e) if e.kind == "error" else None,))
     assert run.status == "finished", run.error
     assert [e.kind_of_error for e in errors] == ["compile"] and errors[0].recovered
     assert "training goes on uncompiled" in errors[0].message and "compile=False" in errors[0].advice
@@ -320,22 +349,24 @@ def test_a_failing_compile_falls_back_to_eager_with_a_message(tmp_path, monkeypa
     assert run.engine.compiled is False
 
 
-def test_compile_defaults_to_cuda_only(scratch_session):
-    run = scratch_session.train(steps=1, **FAST)
+def test_compile_defaults_to_cuda_only(tiny_session):
+    s = tiny_session()
+    run = s.train(steps=1, **FAST)
     assert TrainConfig().compile is None and run.engine.compiled is False  # CPU: off
 
 
-def test_the_fused_loss_is_used_and_equals_the_plain_loss(scratch_session):
+def test_the_fused_loss_is_used_and_equals_the_plain_loss(tiny_session):
     """The engine's loss (decoder + fused head) equals model(...).logits + fp32 cross-entropy on the same batch."""
     import torch.nn.functional as F
 
-    run = scratch_session.train(steps=1, **FAST)
+    s = tiny_session()
+    run = s.train(steps=1, **FAST)
     engine = run.engine
     engine._prepare_model()
     assert engine._head is not None
     inputs, targets, weights, positions = engine._step_batch(0)
     got = engine._micro_loss(inputs, targets, weights, positions)
-    model = scratch_session.model.model
+    model = s.model.model
     from nbtune.train import attention
 
     kwargs = attention.model_kwargs(engine.attention, attention.documents(positions), torch.device("cpu"))
@@ -434,10 +465,10 @@ def test_8bit_adamw_state_survives_a_checkpoint_bitwise():
     assert torch.equal(second, ref)
 
 
-def test_the_run_header_names_how_a_step_is_computed(scratch_session):
+def test_the_run_header_names_how_a_step_is_computed(tiny_session):
+    s = tiny_session()
     starts = []
-    run = scratch_session.train(steps=2, listeners=(lambda e: starts.append(e) if e.kind == "run_start" else None,),
-                                **FAST)
+    run = s.train(steps=2, listeners=(lambda e: starts.append(e) if e.kind == "run_start" else None,), **FAST)
     setup = starts[0].setup
     assert setup["attention"].startswith("sdpa") and "fused" in setup["loss"] and setup["compile"] is False
     shown = dict(run.report().summary())
@@ -479,14 +510,14 @@ def one_rank_job(tmp_path):
 
 @pytest.mark.parametrize("kind", ["ddp", "fsdp"])
 @pytest.mark.parametrize("prune", [True, False])
-def test_distributed_checkpoints_keep_what_the_run_asks(scratch_session, one_rank_job, tmp_path, kind, prune):
+def test_distributed_checkpoints_keep_what_the_run_asks(tiny_session, one_rank_job, tmp_path, kind, prune):
     """An attached run (prune_checkpoints=False) never loses a checkpoint, under DDP and FSDP as in one process."""
     from nbtune.events import EventBus, StopToken
     from nbtune.train.distributed import DistInfo
     from nbtune.train.loop import Engine
     from nbtune.train.strategy import for_job
 
-    s = scratch_session
+    s = tiny_session()
     engine = Engine(loaded_model=s.model, train_rows=s.tokens["train"], validation_rows=s.tokens["validation"],
                     config=TrainConfig(steps=3, batch_size=2, grad_accum=1, learning_rate=3e-3, checkpoint_every=1,
                                        keep_checkpoints=1, eval_every=10, background=False),
