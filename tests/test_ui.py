@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import threading
 import time
 
 import pytest
@@ -50,11 +51,15 @@ def tokenized_app(tmp_path, **options):
     return s, app
 
 
+def tab_titles(app) -> list[str]:
+    return [app.tabs.get_title(i) for i in range(len(app.panels))]
+
+
 def test_app_has_the_pipeline_tabs(tmp_path):
     app = nbtune.Session(tmp_path / "s").ui()
-    assert [app.tabs.get_title(i) for i in range(len(app.panels))] == [
-        "Data", "Clean", "Tokens", "Model", "Train", "Evaluate", "Compare", "Lab", "Playground"]
-    assert isinstance(nbtune.App(app.session), nbtune.App)
+    assert tab_titles(app) == ["Data", "Clean", "Tokens", "Model", "Train", "Evaluate", "Compare", "Lab", "Playground"]
+    built = nbtune.App(app.session)  # the exported class builds the same app as s.ui()
+    assert built.session is app.session and tab_titles(built) == tab_titles(app)
 
 
 def test_load_clean_preview_apply_and_undo(tmp_path):
@@ -264,14 +269,23 @@ def test_a_run_started_from_code_shows_up_when_the_train_tab_opens(tmp_path):
 
 def test_clicks_during_an_action_queue_behind_it_and_previews_keep_only_the_latest(tmp_path):
     s, app = loaded_app(tmp_path, background=True)
-    done = []
-    app.jobs.run("slow thing", lambda: (time.sleep(0.5), done.append("slow")))
+    done, started, release = [], threading.Event(), threading.Event()
+
+    def held_until_released():
+        started.set()
+        assert release.wait(60), "the test never released the first action"
+        done.append("slow")
+
+    app.jobs.run("slow thing", held_until_released)
+    assert started.wait(60), "the first action never started"  # from here on the worker is busy with it
     app.jobs.run("other", lambda: done.append("other"))
     assert "other is next" in app.jobs.status.value
     for word in ("first", "second", "third"):
         app.jobs.run("preview", lambda w=word: done.append(w), replace=True)
-    app.wait(30)
-    assert done == ["slow", "other", "third"]
+    assert done == []  # everything waits behind the held action
+    release.set()
+    app.wait(60)
+    assert done == ["slow", "other", "third"] and app.errors.last is None
 
 
 def test_the_app_says_when_it_runs_actions_in_the_foreground(tmp_path):
