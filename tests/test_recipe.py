@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import counting_docs
+from conftest import counting_docs, make_tiny_session
 
 import nbtune
 from nbtune.eval.compare import load_run
@@ -50,18 +50,10 @@ def _losses(run_dir) -> list[float]:
     return [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "step"]
 
 
-def _new_session(workdir):
-    s = nbtune.Session(workdir)
-    s.load(counting_docs())
-    s.tokenize(vocab_size=300, context_length=32)
-    s.new_model(preset="tiny", layers=2, hidden_size=64, heads=4, kv_heads=2)
-    return s
-
-
 @pytest.fixture(scope="module")
 def notebook(tmp_path_factory):
     """A notebook session that trained the tiny model for 8 steps, and its exported recipe."""
-    s = _new_session(tmp_path_factory.mktemp("recipe") / "nb")
+    s = make_tiny_session(tmp_path_factory.mktemp("recipe") / "nb")
     run = s.train(steps=STEPS, progress=False, **SETTINGS)
     assert run.status == "finished"
     s.export_recipe("recipe")
@@ -141,15 +133,22 @@ def test_file_sources_are_referred_to_not_copied(tmp_path):
 
 
 def test_the_fingerprint_sees_one_changed_token(notebook):
+    from datasets import DatasetDict
+
     from nbtune.recipe import tokens_fingerprint
 
     s, _, _ = notebook
     tokens = s.tokens
-    changed = tokens["train"].map(lambda row, i: {"input_ids": [row["input_ids"][0] + (i == 7)] + row["input_ids"][1:]},
-                                  with_indices=True)
-    from datasets import DatasetDict
 
-    assert tokens_fingerprint(DatasetDict(train=changed, validation=tokens["validation"])) != tokens_fingerprint(tokens)
+    def with_row_7_changed_by(delta: int) -> DatasetDict:
+        """A new copy of the tokens, row 7's first token id plus `delta`."""
+        train = tokens["train"].map(
+            lambda row, i: {"input_ids": [row["input_ids"][0] + delta * (i == 7)] + row["input_ids"][1:]},
+            with_indices=True)
+        return DatasetDict(train=train, validation=tokens["validation"])
+
+    assert tokens_fingerprint(with_row_7_changed_by(0)) == tokens_fingerprint(tokens)  # a copy: the same content
+    assert tokens_fingerprint(with_row_7_changed_by(1)) != tokens_fingerprint(tokens)
 
 
 def test_a_step_must_split_equally_across_processes():
@@ -286,9 +285,7 @@ def test_lora_recipe_under_accelerate_fsdp_matches_the_notebook(notebook, counti
     pretrained = tmp_path / "pretrained"  # the notebook's scratch model, saved as a model to fine-tune
     notebook[0].model.save(pretrained)
     notebook[0].tokenizer.save_pretrained(str(pretrained))
-    s = nbtune.Session(tmp_path / "ft")
-    s.load(counting_down_docs)
-    s.tokenize(tokenizer=str(pretrained), context_length=32)
+    s = make_tiny_session(tmp_path / "ft", counting_down_docs, model=None, tokenizer=str(pretrained))
     s.use_model(str(pretrained), method="lora", lora_dropout=0.0)  # dropout masks are drawn per rank
     reference = s.train(steps=4, progress=False, **{**SETTINGS, "learning_rate": 1e-2}).losses
     s.export_recipe("recipe")
