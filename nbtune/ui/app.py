@@ -94,7 +94,8 @@ class Jobs:
             self._queue.append((label, action, then, form, replace))
             ahead = self.busy or (self._queue[0][0] if len(self._queue) > 1 else None)
             if ahead is not None:
-                self._say(f"⏳ {ahead}… ({label} is next)")
+                waiting = [job[0] for job in (self._queue if self.busy else self._queue[1:])]
+                self._say(f"⏳ {ahead}… (then {', '.join(waiting)})")
             if self._worker is None or not self._worker.is_alive():
                 self._worker = threading.Thread(target=self._drain, daemon=True, name="nbtune-app")
                 self._worker.start()
