@@ -59,8 +59,9 @@ QUANTIZATIONS = {
 #: The file type each quantization writes (gguf.LlamaFileType), checked in general.file_type.
 FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}
 #: Lossy types may part from the reference only at a near tie: where the reference's top two logits are less than
-#: this apart. q8_0 moved the gap between the top token and any other by at most 0.78 logits on SmolLM2-135M
-#: (benchmarks/bench_gguf.py); a wrong tensor or setting moves far more, and parts where the model was sure.
+#: this apart. q8_0 moved the gap between the top token and any other by at most 0.85 logits on SmolLM2-135M
+#: (benchmarks/results/gguf.md; f16 0.04); a wrong tensor or setting moves far more, and parts where the model
+#: was sure.
 NEAR_TIE = {"bf16": 1.0, "q8_0": 1.0}
 PARITY_PROMPTS = ("Hello!", "What is the capital of France?", "Write one sentence about the sea.",
                   "Name three colours.")
