@@ -527,3 +527,18 @@ def test_distributed_checkpoints_keep_what_the_run_asks(tiny_session, one_rank_j
     assert engine.run() == "finished", engine.error
     kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert kept == (["step-000003"] if prune else ["step-000001", "step-000002", "step-000003"])
+
+
+def test_two_lora_runs_with_dropout_and_the_same_seed_train_the_same(tiny_session, tiny_pretrained):
+    """TrainConfig.seed seeds the adapters' dropout: the same settings give the same losses, another seed others
+    (before, the masks came from whatever had used torch's random numbers last)."""
+
+    def losses(name: str, seed: int, noise: int) -> list[float]:
+        s = tiny_session(name, counting_down_docs_list(), model=None)
+        s.use_model(str(tiny_pretrained), method="lora", lora_rank=8, lora_alpha=16, lora_dropout=0.3)
+        torch.rand(noise)  # something else drew random numbers before training
+        return s.train(steps=4, seed=seed, **{**FAST, "learning_rate": 1e-2}).losses
+
+    first = losses("a", seed=0, noise=3)
+    assert losses("b", seed=0, noise=11) == first
+    assert losses("c", seed=1, noise=3) != first

@@ -340,6 +340,8 @@ class Engine:
         """Train until the plan is done or a stop is requested; returns the final status."""
         if self.optimizer is None:
             self.setup_optimizer()
+        if self.step == 0 and self.last_checkpoint is None:
+            _seed_dropout(self.config.seed)
         self.lm.model.train()
         self.status = "running"
         self.emit(RunStartEvent, plan=self.plan.__dict__, device=self.lm.device.describe(), method=self.lm.method,
@@ -630,3 +632,11 @@ class Engine:
         self._forward = self._eager_forward = self._head = None  # drop compiled graphs with the model's references
         self.attention = None
         memory.release_after_oom(None)
+
+
+def _seed_dropout(seed: int) -> None:
+    """A new run draws its dropout masks (LoRA adapters' dropout) from `seed`, so two runs with the same settings
+    train the same; a resumed run continues from the random state its checkpoint saved instead."""
+    import torch
+
+    torch.manual_seed(seed)
