@@ -408,8 +408,8 @@ def write_gguf(folder: Path, quantization: str, *, tokenizer: Any, use_chat_temp
         quantization_text=QUANTIZATIONS[quantization], converter=CONVERTER, checks=checks, modelfile="Modelfile",
         modelfile_text=text, stop_tokens=stops, stop_ids=stop_ids, parity_tolerance=tolerance, notes=notes,
         parity_rule="token-identical greedy decoding, prompt tokens identical" if tolerance is None else
-        f"identical, or parting only at a near tie (the reference's top two logits less than {tolerance:.1f} logits apart "
-        f"there), prompt tokens identical")
+        f"identical, or parting only at a near tie (the reference's top two logits less than {tolerance:.1f} "
+        "logits apart there), prompt tokens identical")
 
 
 # --- parity ---------------------------------------------------------------------------------------------------------
