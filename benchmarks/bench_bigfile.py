@@ -72,19 +72,6 @@ def mark(stage, **extra):
     print(json.dumps({"stage": stage, "t": time.perf_counter(), "ru_maxrss": rss, **extra}), flush=True)
 mark("start")
 import nbtune
-if sys.argv[3] == "proposed":  # the session.py change proposed in the results file: no list of all texts
-    import nbtune.session as ns
-    from nbtune.data import column_batches
-    from nbtune.data.tokens import document_text
-
-    class _Texts:  # re-iterable, one batch of texts in memory at a time
-        def __init__(self, dataset):
-            self.dataset = dataset
-        def __iter__(self):
-            name = "text" if "text" in self.dataset.column_names else "messages"
-            for values in column_batches(self.dataset, name, 1000):
-                yield from (document_text({name: v}) for v in values)
-    ns._doc_texts = _Texts
 s = nbtune.Session(sys.argv[1])
 mark("imported")
 r = s.load(sys.argv[2])
@@ -108,10 +95,10 @@ def _status(pid: int) -> dict[str, int]:
     return out
 
 
-def run_child(workdir: Path, data: Path, variant: str) -> tuple[list[dict], dict[str, dict[str, int]], str]:
+def run_child(workdir: Path, data: Path) -> tuple[list[dict], dict[str, dict[str, int]], str]:
     """Run the pipeline in a child; return its stage marks, per-stage memory peaks and its stderr tail."""
     env = {**os.environ, "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "true"}
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(workdir), str(data), variant], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(workdir), str(data)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     marks: list[dict] = []
     stage = ["start"]
@@ -155,8 +142,6 @@ def main() -> None:
     ap.add_argument("--mb", type=float, default=1000.0, help="size of the generated JSONL file in MB")
     ap.add_argument("--tmp", default=None, help="folder for the data and the workdir (default: a temp folder)")
     ap.add_argument("--out", default="bigfile.md", help="results file name in benchmarks/results ('' = none)")
-    ap.add_argument("--proposed", action="store_true",
-                    help="patch nbtune.session._doc_texts in the child to stream texts (the proposed session.py change)")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(dir=args.tmp, prefix="nbtune-bigfile-") as tmp:
@@ -166,7 +151,7 @@ def main() -> None:
         print(f"generated {rows:,} rows, {size / 1e6:,.0f} MB in {time.perf_counter() - t0:.0f} s", flush=True)
         load_before = load_average()
         t0 = time.perf_counter()
-        marks, peaks, _ = run_child(Path(tmp) / "work", data, "proposed" if args.proposed else "as-is")
+        marks, peaks, _ = run_child(Path(tmp) / "work", data)
         total = time.perf_counter() - t0
         load_after = load_average()
 
@@ -181,8 +166,8 @@ def main() -> None:
         "work: wall times are noisy, memory is not)",
         f"- data: {rows:,} rows, {size / 1e6:,.0f} MB of JSONL (~{size / rows:,.0f} bytes/row; KJV verse passages, "
         "shuffled and mixed, seeded; ~1% exact duplicates, some HTML)",
-        f"- command: `python benchmarks/bench_bigfile.py --mb {args.mb:g}{' --proposed' if args.proposed else ''}`; "
-        f"session.py {'with the proposed streaming of texts (--proposed)' if args.proposed else 'as it is'}; the pipeline "
+        f"- command: `python benchmarks/bench_bigfile.py --mb {args.mb:g}`; "
+        f"the pipeline "
         "`Session(workdir).load(path)`, `.clean()`, `.tokenize(vocab_size=8000)` runs in a child process "
         "(the Session autosaves each stage into its workdir, as for users)",
         "",
