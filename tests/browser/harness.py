@@ -117,6 +117,40 @@ def run_all(page) -> None:
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
 
 
+FAILED_WIDGET_CELLS_JS = """() => {
+  const nb = window.jupyterapp.shell.currentWidget.content;
+  return nb.widgets.map((c, i) => [i, c]).filter(([i, c]) => c.model.type === 'code' &&
+    c.node.innerText.includes('Click to show javascript error')).map(([i, c]) => i);
+}"""
+
+RUN_CELL_JS = """async (index) => {
+  const nb = window.jupyterapp.shell.currentWidget.content;
+  nb.activeCellIndex = index;
+  await window.jupyterapp.commands.execute('notebook:run-cell');
+}"""
+
+
+def rerun_cells_whose_widgets_failed(page, log_to: Path) -> list[str]:
+    """Cells whose widget output JupyterLab could not render ("Click to show javascript error"): write the
+    error it shows into `log_to`, and run each such cell once more; returns the errors.
+
+    On a freshly started JupyterLab the app's view failed to render once in a CI run on 2 busy cores (the same
+    test passed on a rerun); running the cell again, as a user would, renders it, and the error text is kept for
+    a look. A widget that fails twice is the test's failure, not hidden here.
+    """
+    errors = []
+    for index in page.evaluate(FAILED_WIDGET_CELLS_JS):
+        cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
+        button = cell.get_by_text("Click to show javascript error").first
+        button.click()
+        errors.append(f"cell {index}: " + cell.locator(".jp-OutputArea").first.inner_text()[-2000:])
+        page.evaluate(RUN_CELL_JS, index)
+        page.wait_for_function(KERNEL_IDLE_JS, timeout=120_000)
+    if errors:
+        log_to.write_text("\n\n".join(errors), encoding="utf-8")
+    return errors
+
+
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from .harness import browser_available, browser_page, jupyterlab, open_notebook, run_all
+from .harness import (
+    browser_available,
+    browser_page,
+    jupyterlab,
+    open_notebook,
+    rerun_cells_whose_widgets_failed,
+    run_all,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -50,6 +57,8 @@ def lab(request, tmp_path_factory):
         with jupyterlab(tmp_path, frontend) as url, browser_page(tmp_path, height=3000) as page:
             open_notebook(page, url, QUICKSTART.name)
             run_all(page)
+            rerun_cells_whose_widgets_failed(page, ARTIFACTS / f"app_{frontend}_widget_errors.txt")
+            assert page.locator(".nbtune-app").count() > 0, "the app did not render, even after a second run"
             yield page, tmp_path, frontend
     finally:
         os.environ.pop("NBTUNE_SMALL", None)
