@@ -8,7 +8,9 @@ model size, trained for some steps) instead of copying the recipe.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 
 # Set before anything imports huggingface_hub: a hub id then fails at once
 # instead of after ~50 s of retries.
@@ -99,3 +101,24 @@ def tiny_pretrained(tmp_path_factory):
 @pytest.fixture
 def counting_down_docs():
     return counting_down_docs_list()
+
+
+@contextlib.contextmanager
+def run_held_at_step(session, step: int = 2, steps: int = 50):
+    """A background run of `session`, held inside its step `step` until the block ends; then stopped and waited
+    for. For tests of what is refused (or allowed) while a run trains."""
+    at_step, release = threading.Event(), threading.Event()
+
+    def hold(event):
+        if event.kind == "step" and event.step == step:
+            at_step.set()
+            release.wait(60)
+
+    run = session.train(steps=steps, listeners=(hold,), **{**FAST, "background": True})
+    try:
+        assert at_step.wait(120), f"the run did not reach step {step}"
+        yield run
+    finally:
+        release.set()
+        run.stop()
+        run.wait()

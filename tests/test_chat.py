@@ -7,7 +7,7 @@ import threading
 
 import pytest
 import torch
-from conftest import FAST
+from conftest import run_held_at_step
 
 import nbtune
 from nbtune.device import DeviceInfo
@@ -273,21 +273,8 @@ def test_session_chat_compares_this_model_its_base_and_other_sessions(tmp_path, 
 
 def test_session_chat_is_refused_while_a_run_trains(tmp_path, counting_down_docs):
     s = chat_session(tmp_path, "busy", counting_down_docs)
-    at_step, checked = threading.Event(), threading.Event()
-
-    def hold_at_step_two(event):
-        if event.kind == "step" and event.step == 2:
-            at_step.set()
-            checked.wait(60)
-
-    run = s.train(steps=50, listeners=(hold_at_step_two,), **{**FAST, "background": True})
-    try:
-        assert at_step.wait(120), "the run did not reach step 2"
+    with run_held_at_step(s) as run:
         with pytest.raises(StageOrderError, match="running") as info:
             s.chat("one two", stream=False)
         assert "run.wait()" in str(info.value) and run.id in str(info.value)
-    finally:
-        checked.set()
-        run.stop()
-        run.wait()
     assert s.chat("one two", stream=False, max_new_tokens=2).answers[0].tokens == 2  # fine once it stopped

@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from conftest import FAST, counting_docs
+from conftest import counting_docs, run_held_at_step
 
 import nbtune
 
@@ -138,16 +138,7 @@ def test_stop_ends_the_answers_within_a_token(tmp_path):
 
 def test_chat_is_refused_while_a_run_trains(tmp_path):
     s = session_with_model(tmp_path / "s")
-    at_step, checked = threading.Event(), threading.Event()
-
-    def hold_at_step_two(event):
-        if event.kind == "step" and event.step == 2:
-            at_step.set()
-            checked.wait(60)
-
-    run = s.train(steps=50, listeners=(hold_at_step_two,), **{**FAST, "background": True})
-    try:
-        assert at_step.wait(120)
+    with run_held_at_step(s) as run:
         app = s.ui(background=False)
         play = app.panel("Playground")
         play.prompt.value = "one two"
@@ -155,10 +146,6 @@ def test_chat_is_refused_while_a_run_trains(tmp_path):
         html = app.errors.widget.value
         assert "chatting failed" in html and run.id in html and "running" in html and "run.stop()" in html
         assert not play.send.disabled  # ready for the next try
-    finally:
-        checked.set()
-        run.stop()
-        run.wait()
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.2])
