@@ -52,3 +52,22 @@ def test_released_pages_leave_rss_and_the_data_reads_back_the_same(mapped_rows):
     assert _read_all(dataset) == rows  # pages come back from the page cache, unchanged
     assert release_mapped_pages() > 10_000_000  # the mapping is still there, ~17 MB of it
     assert _resident_arrow_kib() < 1_000
+
+
+def test_the_advice_never_changes_memory_the_process_wrote():
+    """Between reading /proc/self/maps and the madvise call, an Arrow mapping may be closed and its addresses
+    reused for memory the process writes; the advice must keep such memory's contents (MADV_DONTNEED would
+    zero it and crash the kernel later)."""
+    import ctypes
+    import mmap
+
+    from nbtune.data import mapped
+
+    assert mapped._ADVISE is not None
+    size = 4 << 20
+    region = mmap.mmap(-1, size)  # anonymous, written: like a tensor or an arena of Python objects
+    payload = bytes(range(256)) * (size // 256)
+    region.write(payload)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    mapped._ADVISE(address, size, mapped.MADV_PAGEOUT)
+    assert region[:] == payload

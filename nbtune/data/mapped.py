@@ -6,19 +6,21 @@ a 1 GB file read by load, clean, tokenize and save counts several times in the
 process's resident memory (RSS), although those pages are clean copies of
 files on disk. Notebook hosts (Colab, JupyterHub, Binder) kill kernels by RSS.
 
-While a stage runs, a background thread tells the kernel every
-`interval` seconds that this process no longer needs the pages it has
-mapped from read-only `.arrow` files (`madvise(MADV_DONTNEED)`). The data is
-untouched: the next read of such a page maps it again from the page cache (or
-disk). Only read-only file mappings are touched, never memory the process
-wrote. Linux only; elsewhere this does nothing.
+While a stage runs, a background thread asks the kernel every `interval`
+seconds to reclaim the pages this process has mapped from read-only `.arrow`
+files (`madvise(MADV_PAGEOUT)`, Linux 5.4 and later). The data is untouched:
+the next read of such a page reads it again. PAGEOUT never changes what
+memory holds, whatever it is: the list of mappings is read from
+/proc/self/maps a moment before the call, and a mapping closed and replaced
+in between by memory the process wrote keeps its contents (which
+`MADV_DONTNEED` would have zeroed). Elsewhere, or on older kernels, this does
+nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import mmap
 import sys
 import threading
 from collections.abc import Iterator
@@ -29,8 +31,11 @@ _users = 0
 _stop: threading.Event | None = None
 
 
+MADV_PAGEOUT = 21  # linux/mman.h (5.4+); Python's mmap module may not name it
+
+
 def _madvise() -> object | None:
-    if not sys.platform.startswith("linux") or not hasattr(mmap, "MADV_DONTNEED"):
+    if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -62,12 +67,13 @@ def _read_only_arrow_regions() -> list[tuple[int, int]]:
 
 
 def release_mapped_pages() -> int:
-    """Drop this process's resident pages of read-only mapped Arrow files now; returns the bytes advised."""
+    """Reclaim this process's resident pages of read-only mapped Arrow files now; returns the bytes advised
+    (0 where the kernel does not know MADV_PAGEOUT)."""
     if _ADVISE is None:
         return 0
     advised = 0
     for start, length in _read_only_arrow_regions():
-        if _ADVISE(start, length, mmap.MADV_DONTNEED) == 0:
+        if _ADVISE(start, length, MADV_PAGEOUT) == 0:
             advised += length
     return advised
 
@@ -75,13 +81,12 @@ def release_mapped_pages() -> int:
 def _release_until(stop: threading.Event, interval: float) -> None:
     while not stop.wait(interval):
         release_mapped_pages()
-    release_mapped_pages()
 
 
 @contextlib.contextmanager
 def pages_released(interval: float = 0.25) -> Iterator[None]:
     """While the block runs (in any thread of this process), mapped Arrow pages are released every `interval`
-    seconds, and once more at the end. Nested and concurrent blocks share one background thread."""
+    seconds, and once more when the last block ends. Nested and concurrent blocks share one background thread."""
     global _users, _stop
     if _ADVISE is None:
         yield
@@ -97,6 +102,9 @@ def pages_released(interval: float = 0.25) -> Iterator[None]:
     finally:
         with _lock:
             _users -= 1
-            if _users == 0 and _stop is not None:
+            last = _users == 0
+            if last and _stop is not None:
                 _stop.set()
                 _stop = None
+        if last:
+            release_mapped_pages()  # what the block read last, before the caller goes on
