@@ -33,6 +33,7 @@ from nbtune.recipe_files import (
     tokenizer_fingerprint,
     tokens_fingerprint,
 )
+from nbtune.storage import now
 
 __all__ = ["RECIPE_FILE", "ROWS_FILE", "attached_id", "build_session", "export_recipe", "find_run_dir", "launch",
            "main", "pick_checkpoint", "read_recipe", "run_recipe", "tokenizer_fingerprint", "tokens_fingerprint"]
@@ -123,7 +124,7 @@ def _run_record(session: Any, recipe: dict[str, Any], settings: Any, run_id: str
     """The run's record, as a notebook run's, plus where it came from and how it was distributed."""
     lm = session.model
     return {"id": run_id, "dir": f"runs/{run_id}", "method": lm.method, "model": session.model_settings,
-            "config": settings.to_dict(), "status": "created", "created": runs.now(), "checkpoint": None,
+            "config": settings.to_dict(), "status": "created", "created": now(), "checkpoint": None,
             "recipe": {"name": recipe["name"], "folder": str(folder)},
             "distributed": {"strategy": info.strategy, "world_size": info.world_size, "backend": backend}
             if info is not None else None,

@@ -17,7 +17,6 @@ can delegate its `export_recipe` and `attach_run` here.
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import shutil
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from nbtune.errors import ConfigError, DataError, StageOrderError
-from nbtune.storage import atomic_replace_dir, atomic_write_json, atomic_write_text
+from nbtune.storage import atomic_replace_dir, atomic_write_json, atomic_write_text, now
 
 RECIPE_FILE = "recipe.json"
 RECIPE_VERSION = 1
@@ -53,10 +52,6 @@ from nbtune.recipe import main
 if __name__ == "__main__":
     sys.exit(main([str(Path(__file__).resolve().parent), *sys.argv[1:]]))
 '''
-
-
-def _now() -> str:
-    return _dt.datetime.now().isoformat(timespec="seconds")
 
 
 # ---------------------------------------------------------------------------- fingerprints
@@ -161,7 +156,7 @@ def recipe_dict(session: Any, *, data: str, strategy: str, train: dict[str, Any]
     recipe = {
         "nbtune_recipe": RECIPE_VERSION,
         "name": session.workdir.name,
-        "created": _now(),
+        "created": now(),
         "data": {"format": session.format, "sources": sources},
         "split": session.split_config.to_dict(),
         "clean": session.clean_config.to_dict() if session.clean_applied and session.clean_config else None,
@@ -298,7 +293,7 @@ def attach_record(workdir: Path, records: list[dict[str, Any]], run: Any) -> dic
     again)."""
     record = {"dir": str(run.dir), "method": run.method, "model": run.config.get("model") or {},
               "config": run.config.get("config") or {}, "status": run.status,
-              "created": run.config.get("created"), "attached": _now(),
+              "created": run.config.get("created"), "attached": now(),
               "checkpoint": str(run.checkpoints[-1]) if run.checkpoints else None,
               "step": run.steps[-1]["step"] if run.steps else 0}
     for existing in records:

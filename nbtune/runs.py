@@ -10,20 +10,15 @@ lists its runs as their folders tell it.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import re
 from pathlib import Path
 from typing import Any
 
 from nbtune.errors import ConfigError, DataError, StageOrderError
-from nbtune.storage import atomic_write_json
+from nbtune.storage import atomic_write_json, now
 
 ACTIVE = ("running", "paused")
-
-
-def now() -> str:
-    return _dt.datetime.now().isoformat(timespec="seconds")
 
 
 def run_dir(workdir: Path, record: dict[str, Any]) -> Path:

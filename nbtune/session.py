@@ -28,7 +28,6 @@ new data with `clean()` / `tokenize()` and no arguments.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import functools
 import threading
 import time
@@ -42,6 +41,7 @@ from nbtune.data import reports as data_reports
 from nbtune.data.mapped import pages_released
 from nbtune.data.split import split_rows
 from nbtune.errors import ConfigError, DataError, StageOrderError
+from nbtune.storage import now
 from nbtune.store import (
     STATE_FILE,
     ProjectLockedError,
@@ -66,10 +66,6 @@ from nbtune.viz.data_reports import (
 STATE_VERSION = 2
 ACTIVE = runs.ACTIVE
 __all__ = ["Session", "ProjectLockedError", "StaleSessionError", "STATE_FILE", "check_trust"]
-
-
-def _now() -> str:
-    return _dt.datetime.now().isoformat(timespec="seconds")
 
 
 def _resolve(workdir: str | Path) -> Path:
@@ -195,7 +191,7 @@ class Session:
         self.workdir = workdir
         self.autosave = autosave
         self.read_only = read_only
-        self.created = _now()
+        self.created = now()
         self.sources: list[dict[str, Any]] = []
         self.format: str | None = None
         self.format_reason = ""
@@ -391,7 +387,7 @@ class Session:
             dataset = concatenate_datasets([self._loaded, dataset.cast(self._loaded.features)])
         sources = ([*self.sources] if append and self._loaded is not None else []) + [
             {"origin": origin, "format": loaded.format, "mapping": loaded.mapping, "rows": len(loaded.dataset),
-             "files": loaded.files[:50], "loaded_at": _now()}]
+             "files": loaded.files[:50], "loaded_at": now()}]
         problems = [ProblemInfo(p.kind, p.count, list(p.examples), p.message) for p in self._find_problems(loaded)]
         report = data_reports.load_report(dataset, loaded, origin, problems, split_config, time.perf_counter() - started)
         # commit: nothing above touched self
@@ -974,7 +970,7 @@ class Session:
             return {
                 "version": STATE_VERSION,
                 "created": self.created,
-                "saved": _now(),
+                "saved": now(),
                 "sources": self.sources,
                 "format": self.format,
                 "format_reason": self.format_reason,

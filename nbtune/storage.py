@@ -6,6 +6,7 @@ temporary sibling, flush, then `os.replace` (atomic on POSIX and Windows).
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 import shutil
@@ -90,3 +91,8 @@ def fsync_tree(folder: str | os.PathLike) -> None:
         for name in dirs:
             fsync_dir(os.path.join(root, name))
     fsync_dir(folder)
+
+
+def now() -> str:
+    """The local time to the second, as the project's files record it (session.json, run.json, recipe.json)."""
+    return _dt.datetime.now().isoformat(timespec="seconds")

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from nbtune.errors import DataError, StageOrderError
-from nbtune.storage import atomic_write_json, fsync_dir, fsync_tree
+from nbtune.storage import atomic_write_json, fsync_dir, fsync_tree, now
 
 STATE_FILE = "session.json"
 LOCK_FILE = ".nbtune.lock"
@@ -71,10 +71,6 @@ def _crash_point(name: str) -> None:
     """Fault injection for the crash tests: kill this process (SIGKILL) when NBTUNE_CRASH_AT names this point."""
     if os.environ.get("NBTUNE_CRASH_AT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _now() -> str:
-    return _dt.datetime.now().isoformat(timespec="seconds")
 
 
 # ---------------------------------------------------------------------------- the lock
@@ -139,7 +135,7 @@ class FileLock:
         return self.holder()
 
     def _write_info(self, fd: int) -> None:
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now(),
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": now(),
                 "program": " ".join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv[:3])) or "python"}
         data = json.dumps(info).encode()
         os.ftruncate(fd, 0)
