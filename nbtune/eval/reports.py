@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
+
 from nbtune.data import column_array
 from nbtune.data.reports import row_text
 from nbtune.eval.generate import base_model_context, generate_texts
@@ -43,8 +45,7 @@ def texts_of(rows: Any, row_ids: list[int]) -> dict[int, str]:
     wanted = set(row_ids)
     if not wanted:
         return {}
-    ids = column_array(rows, "row_id")
-    picked = [i for i, rid in enumerate(ids.tolist()) if rid in wanted]
+    picked = np.flatnonzero(np.isin(column_array(rows, "row_id"), sorted(wanted)))
     name = "text" if "text" in rows.column_names else "messages"
     chosen = rows.select(picked)
     return {int(rid): row_text({name: value}) for rid, value in zip(chosen["row_id"], chosen[name], strict=True)}
